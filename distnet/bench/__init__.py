@@ -1,0 +1,21 @@
+"""``distnet bench``: benchmarks. Each kind lives in its own module with ``add_arguments`` and ``run``."""
+
+import importlib
+
+KINDS = {
+    "step": ("distnet.bench.step", "single-process training step time and GFLOP/s of the reference models"),
+    "data": ("distnet.bench.data", "reader throughput (in-memory and streaming) and streaming peak memory"),
+}
+
+
+def add_arguments(parser):
+    sub = parser.add_subparsers(dest="kind", metavar="KIND", required=True)
+    for name, (module, help_) in KINDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        mod = importlib.import_module(module)
+        mod.add_arguments(p)
+        p.set_defaults(_bench=mod.run)
+
+
+def run(args):
+    return args._bench(args)

@@ -1,0 +1,46 @@
+"""The ``distnet`` command. Each sub-command lives in its own module with ``add_arguments`` and ``run``."""
+
+import argparse
+import importlib
+import sys
+
+from . import __version__
+from .errors import UserError
+
+# name -> (module, help). Each module defines add_arguments(parser) and run(args) -> exit code.
+COMMANDS = {
+    "train": ("distnet.train.cli", "train a model (same command under mpiexec/mpirun/srun)"),
+    "eval": ("distnet.train.evalcli", "evaluate a checkpoint on a dataset"),
+    "data": ("distnet.data.commands", "prepare and inspect datasets"),
+    "bench": ("distnet.bench", "benchmarks: step, compute, allreduce, train, data"),
+}
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="distnet", description="Data-parallel NumPy training over MPI.")
+    parser.add_argument("--version", action="version", version=f"distnet {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module, help_) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        mod = importlib.import_module(module)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code = args._run(args)
+    except UserError as e:
+        print(f"distnet: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("distnet: interrupted", file=sys.stderr)
+        return 130
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

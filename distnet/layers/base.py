@@ -1,0 +1,68 @@
+"""The layer contract shared by every layer (see DESIGN.md, "Layer API").
+
+A layer is a forward/backward pair plus the arrays it owns:
+
+- ``params``/``grads``: dicts name -> ndarray of equal shapes. Once built, these arrays are never rebound:
+  ``Sequential`` replaces them with views into its flat arena, so ``backward`` must *write into* them
+  (``np.matmul(..., out=g)`` or ``g[...] = ...``), overwriting each step.
+- ``buffers``: non-trained state that a checkpoint keeps (BatchNorm's running statistics).
+- ``build(input_shape, dtype, rng)`` infers missing sizes from the per-sample input shape (no batch axis),
+  (re)creates and initializes the parameters from ``rng`` and returns the per-sample output shape.
+  A layer whose sizes are all given at construction builds itself at once (float32, seed 0), so it works
+  alone; ``Sequential`` builds again with the model's dtype and seed.
+- ``needs_dx``: when a model sets it False on its first layer, ``backward`` may skip computing the
+  input gradient (a large saving for a first convolution) and return None.
+- ``reseed(rng)``: layers that draw random numbers in training (Dropout) take their generator here.
+"""
+
+import numpy as np
+
+
+class Layer:
+    """Base class: no parameters, identity shape."""
+
+    needs_dx = True  # False: backward may skip d(input) and return None (first layer of a model)
+    decay = ()  # names of the parameters that weight decay applies to (weights, not biases)
+
+    def __init__(self):
+        self.params = {}
+        self.grads = {}
+        self.buffers = {}
+        self.input_shape = None
+        self.output_shape = None
+        self.dtype = np.dtype(np.float32)
+
+    def build(self, input_shape, dtype=np.float32, rng=None):
+        """Infer sizes, create parameters; return the per-sample output shape."""
+        self.input_shape = tuple(input_shape)
+        self.dtype = np.dtype(dtype)
+        self.output_shape = self.infer_shape(self.input_shape)
+        self.create(rng if rng is not None else np.random.default_rng(0))
+        return self.output_shape
+
+    def infer_shape(self, input_shape):
+        """Per-sample output shape for a per-sample input shape; set missing sizes on the layer."""
+        return tuple(input_shape)
+
+    def create(self, rng):
+        """Allocate and initialize ``params``, ``grads`` and ``buffers`` (after ``infer_shape``)."""
+
+    def forward(self, x, training=True):
+        raise NotImplementedError
+
+    def backward(self, dy):
+        raise NotImplementedError
+
+    def reseed(self, rng):
+        """Take the generator for this step's random draws (only stochastic layers use it)."""
+
+    def flops(self, input_shape=None):
+        """Floating-point operations of a forward pass for one sample (multiply-add = 2)."""
+        return 0
+
+    @property
+    def num_params(self):
+        return int(sum(p.size for p in self.params.values()))
+
+    def __repr__(self):
+        return type(self).__name__ + "()"

@@ -1,0 +1,140 @@
+"""``Sequential`` and the flat parameter arena.
+
+All parameters of a model live in one contiguous array (``model.params``) and all gradients in another
+(``model.grads``); each layer's ``params``/``grads`` entries are views into them. The optimizer updates the
+whole arena in a few vectorized operations and the allreduce works on ``model.grads`` in place.
+
+The arena is laid out in layer order, so backward (last layer first) finishes the arena from its end
+towards its start: ``layer_ranges`` tells which slice each layer owns, which is what gradient buckets need.
+"""
+
+import hashlib
+
+import numpy as np
+
+from .layers.base import Layer
+
+
+class Sequential(Layer):
+    """A stack of layers that is itself a layer."""
+
+    def __init__(self, layers, input_shape=None, dtype=np.float32, seed=0):
+        super().__init__()
+        self.layers = list(layers)
+        self.seed = seed
+        self.params_flat = None
+        self.grads_flat = None
+        if input_shape is not None:
+            self.build(input_shape, dtype, np.random.default_rng(seed))
+
+    # -- building -------------------------------------------------------------------------------------
+    def infer_shape(self, input_shape):
+        shape = tuple(input_shape)
+        self.shapes = [shape]
+        return shape
+
+    def create(self, rng):
+        shape = self.input_shape
+        self.shapes = [shape]
+        for layer in self.layers:
+            shape = layer.build(shape, self.dtype, rng)
+            self.shapes.append(tuple(shape))
+        self.output_shape = shape
+        self._make_arena()
+
+    def _make_arena(self):
+        entries = [(i, name, p) for i, layer in enumerate(self.layers) for name, p in layer.params.items()]
+        total = sum(p.size for _, _, p in entries)
+        self.params_flat = np.empty(total, self.dtype)
+        self.grads_flat = np.zeros(total, self.dtype)
+        self.decay_mask = np.zeros(total, bool)
+        self.layer_ranges = []
+        self.param_index = []  # (layer index, name, slice) in arena order
+        offset = 0
+        for i, layer in enumerate(self.layers):
+            start = offset
+            for name in list(layer.params):
+                p = layer.params[name]
+                sl = slice(offset, offset + p.size)
+                self.params_flat[sl] = p.ravel()
+                layer.params[name] = self.params_flat[sl].reshape(p.shape)
+                layer.grads[name] = self.grads_flat[sl].reshape(p.shape)
+                if name in layer.decay:
+                    self.decay_mask[sl] = True
+                self.param_index.append((i, name, sl))
+                offset += p.size
+            self.layer_ranges.append((start, offset))
+        self.params = {f"{i}.{name}": self.layers[i].params[name] for i, name, _ in self.param_index}
+        self.grads = {f"{i}.{name}": self.layers[i].grads[name] for i, name, _ in self.param_index}
+        self.buffers = {f"{i}.{n}": b for i, layer in enumerate(self.layers) for n, b in layer.buffers.items()}
+
+    @property
+    def num_params(self):
+        return 0 if self.params_flat is None else int(self.params_flat.size)
+
+    # -- computing ------------------------------------------------------------------------------------
+    def forward(self, x, training=True):
+        for layer in self.layers:
+            x = layer.forward(x, training)
+        return x
+
+    def backward(self, dy, on_layer_done=None):
+        """Backpropagate ``dy``; ``on_layer_done(i)`` is called as soon as layer i's gradients are final."""
+        for i in range(len(self.layers) - 1, -1, -1):
+            dy = self.layers[i].backward(dy)
+            if on_layer_done is not None:
+                on_layer_done(i)
+        return dy
+
+    def skip_input_grad(self, skip=True):
+        """Let the first layer skip computing d(input) when nothing consumes it (training a whole model)."""
+        if self.layers:
+            self.layers[0].needs_dx = not skip
+
+    def reseed(self, rng):
+        for layer in self.layers:
+            layer.reseed(rng)
+
+    def flops(self, input_shape=None):
+        return sum(layer.flops(shape) for layer, shape in zip(self.layers, self.shapes))
+
+    # -- inspecting, saving ---------------------------------------------------------------------------
+    def summary(self):
+        """A table of layers, per-sample output shapes and parameter counts."""
+        rows = [("layer", "output shape", "params")]
+        for layer, shape in zip(self.layers, self.shapes[1:]):
+            rows.append((repr(layer), str(shape), f"{layer.num_params:,}"))
+        w0 = max(len(r[0]) for r in rows)
+        w1 = max(len(r[1]) for r in rows)
+        lines = [f"{a:<{w0}}  {b:<{w1}}  {c:>10}" for a, b, c in rows]
+        lines.insert(1, "-" * len(lines[0]))
+        lines.append("-" * len(lines[0]))
+        lines.append(f"input {self.input_shape}, total params {self.num_params:,} ({self.dtype})")
+        return "\n".join(lines)
+
+    def param_hash(self):
+        """SHA-256 of the parameter arena's bytes (replicas in sync have equal hashes)."""
+        return hashlib.sha256(np.ascontiguousarray(self.params_flat).tobytes()).hexdigest()
+
+    def state_arrays(self):
+        """name -> array of everything a checkpoint must hold for the model (params and buffers)."""
+        out = {"params": self.params_flat}
+        for k, b in self.buffers.items():
+            out[f"buffers/{k}"] = b
+        return out
+
+    def save(self, path):
+        """Write the parameters (and buffers) to an HDF5 file, atomically."""
+        from .checkpoint import write_h5_atomic
+
+        write_h5_atomic(path, {"model/" + k: v for k, v in self.state_arrays().items()},
+                        attrs={"num_params": self.num_params, "dtype": str(self.dtype)})
+
+    def load(self, path):
+        """Read parameters (and buffers) written by ``save`` or a training checkpoint."""
+        from .checkpoint import read_model_arrays
+
+        read_model_arrays(path, self)
+
+    def __repr__(self):
+        return f"Sequential({len(self.layers)} layers, {self.num_params:,} params)"

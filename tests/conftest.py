@@ -1,0 +1,54 @@
+"""Shared test helpers: real mpiexec runs with a timeout of their own, so a hang fails the test."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+def mpiexec_path():
+    """mpiexec beside this Python (the MPICH wheel in a venv), else on PATH; failing loudly if absent."""
+    here = Path(sys.executable).parent / "mpiexec"
+    found = str(here) if here.exists() else shutil.which("mpiexec")
+    if not found:
+        pytest.fail("mpiexec not found: install the 'mpich' extra (pip install -e '.[mpich,test]')")
+    return found
+
+
+def run_distnet(args, n=None, timeout=120, env=None, cwd=None):
+    """Run ``distnet ARGS`` (under ``mpiexec -n N`` when n is given); return CompletedProcess."""
+    cmd = [sys.executable, "-m", "distnet", *map(str, args)]
+    if n is not None:
+        cmd = [mpiexec_path(), "-n", str(n), *cmd]
+    full_env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1",
+                    PYTHONUNBUFFERED="1")
+    full_env.update(env or {})
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=cwd)
+
+
+def run_python_mpi(script, n, timeout=120, env=None):
+    """Run a Python source string under ``mpiexec -n N``."""
+    full_env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    full_env.update(env or {})
+    return subprocess.run([mpiexec_path(), "-n", str(n), sys.executable, "-c", script],
+                          capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def fashion_source():
+    """The Debian package's Fashion-MNIST files; CI installs them, so their absence is a failure."""
+    if not (FASHION_DIR / "train-images-idx3-ubyte.gz").exists():
+        pytest.fail(f"{FASHION_DIR} is missing: apt-get install -y dataset-fashion-mnist")
+    return FASHION_DIR
