@@ -1,0 +1,91 @@
+"""Writing a prepared dataset atomically: a temporary folder beside DIR, renamed into place at the end."""
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from ..errors import DataError
+from .layout import FORMAT_VERSION, channel_stats, encode, pixel_scale, sha256_rows, shard_name
+
+COMPRESS_CHUNK_BYTES = 256 << 10
+
+
+def chunk_rows(x):
+    """Rows per HDF5 chunk for compressed storage (about COMPRESS_CHUNK_BYTES per chunk)."""
+    row = max(1, x[0].nbytes)
+    return max(1, min(len(x), COMPRESS_CHUNK_BYTES // row))
+
+
+def write_shard(path, x, y, attrs, compress):
+    """One shard file: x (uncompressed contiguous, or gzip-chunked), y int64 and the attributes."""
+    with h5py.File(path, "w") as f:
+        if compress:
+            f.create_dataset("x", data=x, chunks=(chunk_rows(x), *x.shape[1:]), compression="gzip",
+                             compression_opts=4)
+        else:
+            f.create_dataset("x", data=x)
+        f.create_dataset("y", data=y.astype(np.int64))
+        f.attrs.update(attrs)
+        f.attrs["x_sha256"] = sha256_rows(x)
+        f.attrs["y_sha256"] = sha256_rows(y.astype(np.int64))
+
+
+def write_split(folder, split, x, y, common, shards, compress):
+    """SPLIT's arrays as SHARDS contiguous files under FOLDER/SPLIT."""
+    if shards < 1 or shards > len(x):
+        raise DataError(f"--shards {shards} is invalid for the {len(x)}-sample {split} split: use 1..{len(x)}")
+    (folder / split).mkdir()
+    bounds = np.linspace(0, len(x), shards + 1).round().astype(int)
+    for k in range(shards):
+        lo, hi = bounds[k], bounds[k + 1]
+        attrs = dict(common, split=split, num_samples_total=len(x), shard_index=k, shard_count=shards,
+                     shard_start=lo)
+        write_shard(folder / split / shard_name(k, shards), x[lo:hi], y[lo:hi], attrs, compress)
+
+
+def common_attrs(name, class_names, train_x, source_sha256, extra):
+    """Attributes shared by every shard: format, names, shape and the training split's statistics."""
+    mean, std = channel_stats(train_x)
+    return dict(format_version=FORMAT_VERSION, dataset=name, class_names=encode(list(class_names)),
+                input_shape=np.array(train_x.shape[1:], np.int64), mean=mean, std=std,
+                pixel_scale=pixel_scale(train_x.dtype), source_sha256=encode(source_sha256), **extra)
+
+
+def check_target(out, force):
+    """Refuse an existing OUT unless FORCE."""
+    if out.exists() and not force:
+        raise DataError(f"{out} already exists: pass --force to replace it, or choose another --out")
+
+
+def write_dataset(out, name, class_names, splits, source_sha256, shards=1, compress=False, force=False,
+                  extra=None):
+    """Write SPLITS {'train': (x, y), 'test': (x, y)} as a prepared dataset at OUT, atomically."""
+    out = Path(out)
+    check_target(out, force)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    common = common_attrs(name, class_names, splits["train"][0], source_sha256, extra or {})
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        tmp.chmod(0o755)
+        for split, (x, y) in splits.items():
+            write_split(tmp, split, x, y, common, shards, compress)
+        replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def replace_dir(tmp, out):
+    """Rename TMP to OUT; an existing OUT is moved aside first and removed only after the rename."""
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.rename(out, old)
+    os.rename(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
