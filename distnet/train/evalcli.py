@@ -1,9 +1,65 @@
-"""Placeholder: filled in by the work that owns this command."""
+"""``distnet eval CHECKPOINT --data DIR``: loss and accuracy of a checkpoint (also under mpiexec)."""
+
+import json
+import sys
+
+from .. import checkpoint as ckpt
+from .. import comm
+from .. import config as C
+from ..errors import UserError
 
 
-def add_arguments(parser):
-    pass
+def add_arguments(p):
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint written by distnet train")
+    p.add_argument("--data", metavar="DIR", help="prepared dataset folder (default: the training config's)")
+    p.add_argument("--split", default="test", help="split to evaluate (default: test)")
+    p.add_argument("--batch-size", type=int, default=1000)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def load_checkpoint(args):
+    """Model, loss and split for the checkpoint (no collectives: any rank may fail here)."""
+    from ..data import open_dataset
+
+    meta = ckpt.read_meta(args.checkpoint)
+    if "config" not in meta:
+        raise UserError(f"{args.checkpoint} holds no training config: evaluate a checkpoint from distnet train")
+    cfg = C.merge(C.defaults(), C.parse_toml(meta["config"], args.checkpoint), args.checkpoint)
+    data_dir = args.data or cfg["data"]["path"] or f"data/{cfg['data']['dataset']}"
+    ds = open_dataset(data_dir)
+    if args.split not in ds.splits:
+        raise UserError(f"{data_dir} has no split {args.split!r}: choose one of {', '.join(ds.splits)}")
+    if tuple(ds.input_shape) != tuple(meta.get("input_shape", ds.input_shape)):
+        raise UserError(f"{data_dir} has inputs of shape {tuple(ds.input_shape)} but {args.checkpoint} was "
+                        f"trained on {tuple(meta['input_shape'])}: pass the dataset it was trained on")
+    model = C.build_model(cfg, ds.input_shape)
+    model.load(args.checkpoint)
+    return model, C.build_loss(cfg), ds[args.split]
 
 
 def run(args):
-    raise SystemExit("not implemented yet")
+    w = comm.world()
+    from .evaluate import evaluate
+
+    err = loaded = None
+    try:
+        loaded = load_checkpoint(args)
+    except Exception as e:  # noqa: BLE001 - reported collectively below
+        err = e
+    codes = w.allgather(0 if err is None else getattr(err, "exit_code", 1))
+    if any(codes):
+        comm.report(w, err, all_failed=codes[0] != 0)
+        return max(codes)
+    model, loss_fn, split = loaded
+    try:
+        loss, acc, n = evaluate(w, model, loss_fn, split, batch_size=args.batch_size)
+    except BaseException as e:  # noqa: BLE001 - one rank failing must end all ranks
+        return comm.fail_alone(w, e)
+    if w.rank == 0:
+        if args.json:
+            print(json.dumps({"checkpoint": args.checkpoint, "split": args.split, "loss": loss, "accuracy": acc,
+                              "samples": n}))
+        else:
+            print(f"{args.checkpoint}: {args.split} loss {loss:.4f} accuracy {acc:.4f} ({n} samples)")
+    sys.stdout.flush()
+    return 0
