@@ -1,0 +1,149 @@
+"""Communication: bucket layout, bucketed allreduce == plain sum (real mpiexec), failures end every rank."""
+
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from distnet import comm
+from distnet.layers import Dense, ReLU
+from distnet.model import Sequential
+
+from .conftest import run_python_mpi
+
+
+def mlp():
+    return Sequential([Dense(None, 64), ReLU(), Dense(None, 32), ReLU(), Dense(None, 10)], input_shape=(20,), seed=3)
+
+
+@pytest.mark.parametrize("bucket_bytes", [1, 4 * 1024, 1 << 30])
+def test_buckets_tile_the_arena_in_backward_order(bucket_bytes):
+    model = mlp()
+    sync = comm.GradSync(comm.SerialWorld(), model, bucket_bytes=bucket_bytes)
+    slices = [sl for _, sl in sync.buckets]
+    # Ready order is backward order: the first bucket ends at the arena's end, each next one ends where
+    # the previous one started, and together they cover the arena once.
+    assert slices[0].stop == model.num_params
+    for a, b in zip(slices, slices[1:]):
+        assert b.stop == a.start
+    assert slices[-1].start == 0
+    for first_layer, sl in sync.buckets:
+        assert model.layer_ranges[first_layer][0] == sl.start
+    if bucket_bytes == 1:
+        assert len(slices) == 3  # one bucket per parameterized layer
+    if bucket_bytes == 1 << 30:
+        assert len(slices) == 1
+
+
+SCRIPT = textwrap.dedent("""
+    import numpy as np, sys
+    from distnet import comm
+    from distnet.layers import Dense, ReLU
+    from distnet.model import Sequential
+    w = comm.world()
+    model = Sequential([Dense(None, 64), ReLU(), Dense(None, 32), ReLU(), Dense(None, 10)], input_shape=(20,), seed=3)
+    K = {accumulate}
+    def local_grads(rank, micro):
+        x = np.random.default_rng([rank, micro]).standard_normal((8, 20)).astype(np.float32)
+        model.forward(x)
+        return np.random.default_rng([rank, micro, 1]).standard_normal((8, 10)).astype(np.float32)
+    # reference: every rank's accumulated gradient, summed here by hand after an allgather
+    expect = None
+    for r in range(w.size):
+        total = 0
+        for m in range(K):
+            model.backward(local_grads(r, m))
+            total = total + model.grads_flat.copy()
+        expect = total if expect is None else expect + total
+    sync = comm.GradSync(w, model, bucket_bytes={bucket_bytes}, overlap={overlap})
+    accum = np.zeros_like(model.grads_flat) if K > 1 else None
+    for m in range(K):
+        dy = local_grads(w.rank, m)
+        if m < K - 1:
+            model.backward(dy)
+            accum[...] = model.grads_flat if m == 0 else accum + model.grads_flat
+        else:
+            sync.begin(accum)
+            model.backward(dy, on_layer_done=sync.on_layer_done)
+    sync.finish()
+    np.testing.assert_allclose(model.grads_flat, expect, rtol=1e-5, atol=1e-5)
+    assert len(sync.buckets) >= (3 if {bucket_bytes} == 1 else 1)
+    if w.rank == 0:
+        print("OK", w.size, len(sync.buckets))
+""")
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("bucket_bytes,overlap,accumulate", [(1, True, 1), (1 << 30, True, 1), (4096, False, 1),
+                                                             (1, True, 3)])
+def test_bucketed_allreduce_equals_sum_over_ranks(bucket_bytes, overlap, accumulate):
+    r = run_python_mpi(SCRIPT.format(bucket_bytes=bucket_bytes, overlap=overlap, accumulate=accumulate), n=2,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("OK 2"), r.stdout
+
+
+FAIL = textwrap.dedent("""
+    from distnet import comm
+    w = comm.world()
+    try:
+        if w.rank == 1:
+            raise ValueError("boom on rank one")
+        w.barrier()  # rank 0 waits here: without abort it would hang forever
+    except Exception as e:
+        raise SystemExit(comm.fail_alone(w, e))
+""")
+
+
+@pytest.mark.mpi
+def test_one_rank_failing_ends_all_ranks_promptly():
+    t = time.monotonic()
+    r = run_python_mpi(FAIL, n=2, timeout=60)
+    assert time.monotonic() - t < 30
+    assert r.returncode == 1
+    assert "rank 1: ValueError: boom on rank one" in r.stderr
+
+
+AGREE = textwrap.dedent("""
+    from distnet import comm
+    from distnet.errors import UserError
+    w = comm.world()
+    err = UserError("bad thing on rank 1") if w.rank == 1 else None
+    codes = w.allgather(0 if err is None else err.exit_code)
+    comm.report(w, err, all_failed=codes[0] != 0)
+    raise SystemExit(max(codes))
+""")
+
+
+@pytest.mark.mpi
+def test_setup_errors_are_agreed_so_every_rank_exits_with_the_code():
+    r = run_python_mpi(AGREE, n=2, timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.count("distnet: error: rank 1: bad thing on rank 1") == 1
+
+
+def test_world_of_one_without_mpiexec():
+    w = comm.world()
+    assert (w.rank, w.size) == (0, 1)
+    a = np.arange(4.0)
+    assert w.allreduce(a) is a and a.tolist() == [0, 1, 2, 3]
+
+
+def test_replica_check_detects_different_parameters():
+    r = run_python_mpi(textwrap.dedent("""
+        from distnet import comm
+        from distnet.layers import Dense
+        from distnet.model import Sequential
+        w = comm.world()
+        m = Sequential([Dense(None, 4)], input_shape=(3,), seed=0)
+        comm.check_replicas(w, m, "at the start")
+        m.params_flat[0] += w.rank
+        try:
+            comm.check_replicas(w, m, "at step 7")
+        except comm.ReplicaMismatch as e:
+            if w.rank == 0:
+                print("MISMATCH", e)
+    """), n=2, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "MISMATCH model replicas differ at step 7: ranks [1]" in r.stdout
