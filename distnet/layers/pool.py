@@ -1,0 +1,103 @@
+"""Max and average pooling over NCHW windows (stride defaults to the kernel size).
+
+Both loop over the kh*kw kernel offsets only, each step a strided view of the whole batch. Non-overlapping
+windows (stride >= kernel, the common 2x2 case) write each input position at most once; overlapping
+windows accumulate.
+"""
+
+import numpy as np
+
+from ..errors import ConfigError
+from .base import Layer
+from .im2col import pair
+
+
+class _Pool2D(Layer):
+    """Window geometry shared by the pooling layers."""
+
+    def __init__(self, kernel_size, stride=None):
+        super().__init__()
+        self.kernel_size = pair(kernel_size, "kernel_size")
+        self.stride = self.kernel_size if stride is None else pair(stride, "stride")
+        if min(self.kernel_size) < 1 or min(self.stride) < 1:
+            raise ConfigError(f"{type(self).__name__}: kernel_size and stride must be >= 1")
+        self.overlapping = any(s < k for s, k in zip(self.stride, self.kernel_size))
+
+    def infer_shape(self, input_shape):
+        if len(input_shape) != 3:
+            raise ConfigError(f"{type(self).__name__} needs per-sample input (C, H, W), got {input_shape}")
+        return (input_shape[0], *self.out_hw(input_shape[1:]))
+
+    def out_hw(self, hw):
+        (kh, kw), (sh, sw) = self.kernel_size, self.stride
+        ho, wo = (hw[0] - kh) // sh + 1, (hw[1] - kw) // sw + 1
+        if ho < 1 or wo < 1:
+            raise ConfigError(f"{self!r} does not fit the input {tuple(hw)}")
+        return ho, wo
+
+    def offsets(self, a, out_hw):
+        """(index, view) for each kernel offset: the (N, C, Ho, Wo) view of ``a`` it covers."""
+        (kh, kw), (sh, sw), (ho, wo) = self.kernel_size, self.stride, out_hw
+        for i in range(kh):
+            for j in range(kw):
+                yield i * kw + j, a[:, :, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw]
+
+    def route(self, dx, out_hw, grad_at):
+        """Write (or, for overlapping windows, add) ``grad_at(k)`` into each offset's view of ``dx``."""
+        for k, view in self.offsets(dx, out_hw):
+            if self.overlapping:
+                view += grad_at(k)
+            else:
+                view[...] = grad_at(k)
+        return dx
+
+    def flops(self, input_shape=None):
+        c, h, w = input_shape or self.input_shape
+        return c * int(np.prod(self.out_hw((h, w)))) * self.kernel_size[0] * self.kernel_size[1]
+
+    def __repr__(self):
+        k, s = self.kernel_size, self.stride
+        text = lambda p: str(p[0]) if p[0] == p[1] else f"{p[0]}x{p[1]}"  # noqa: E731
+        return f"{type(self).__name__}({text(k)}" + ("" if s == k else f", stride={text(s)}") + ")"
+
+
+class MaxPool2D(_Pool2D):
+    """Maximum over each window; the gradient goes to the first maximum of the window."""
+
+    def forward(self, x, training=True):
+        out_hw = self.out_hw(x.shape[2:])
+        views = self.offsets(x, out_hw)
+        _, first = next(views)
+        y = first.copy()
+        arg = np.zeros(y.shape, np.uint8 if self.kernel_size[0] * self.kernel_size[1] < 256 else np.int32)
+        for k, view in views:
+            better = view > y
+            np.copyto(y, view, where=better)
+            np.copyto(arg, k, where=better)
+        self._cache = (x.shape, out_hw, arg)
+        return y
+
+    def backward(self, dy):
+        shape, out_hw, arg = self._cache
+        dx = np.zeros(shape, dy.dtype)
+        return self.route(dx, out_hw, lambda k: np.where(arg == k, dy, 0))
+
+
+class AvgPool2D(_Pool2D):
+    """Mean over each window."""
+
+    def forward(self, x, training=True):
+        out_hw = self.out_hw(x.shape[2:])
+        views = self.offsets(x, out_hw)
+        _, first = next(views)
+        y = first.copy()
+        for _, view in views:
+            y += view
+        y *= 1.0 / (self.kernel_size[0] * self.kernel_size[1])
+        self._shape = x.shape
+        return y
+
+    def backward(self, dy):
+        out_hw = dy.shape[2:]
+        share = dy * (1.0 / (self.kernel_size[0] * self.kernel_size[1]))
+        return self.route(np.zeros(self._shape, dy.dtype), out_hw, lambda k: share)
