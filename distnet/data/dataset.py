@@ -1,0 +1,250 @@
+"""Opening a prepared dataset: every problem is found here, before training, as a one-line DataError."""
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from ..errors import DataError
+from .layout import FORMAT_VERSION, REQUIRED_ATTRS, SPLITS, X_DTYPES
+
+REPREPARE = "re-create it with `distnet data prepare NAME --out DIR --force`"
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One HDF5 file of a split: where its rows start in the split and how its x is stored."""
+
+    path: Path
+    start: int
+    length: int
+    x_offset: int | None  # byte offset of x when stored contiguous and uncompressed (memory-mappable)
+    chunk_rows: int | None  # rows per HDF5 chunk when x is chunked (compressed)
+
+
+@dataclass(frozen=True)
+class Info:
+    """What every shard of a dataset agrees on."""
+
+    name: str
+    class_names: tuple
+    input_shape: tuple
+    dtype: np.dtype
+    mean: np.ndarray
+    std: np.ndarray
+    pixel_scale: float
+
+
+class Split:
+    """A split (or a view over an index subset of one): its shards, labels and normalization statistics."""
+
+    def __init__(self, name, shards, labels, info, indices=None):
+        self.name, self.shards, self.info = name, tuple(shards), info
+        self.base_labels, self.indices = labels, indices
+        self.starts = np.array([s.start for s in self.shards], np.int64)
+
+    def __len__(self):
+        return len(self.base_labels) if self.indices is None else len(self.indices)
+
+    def __repr__(self):
+        return f"Split({self.name!r}, {len(self)} samples, {len(self.shards)} shards)"
+
+    class_names = property(lambda self: self.info.class_names)
+    num_classes = property(lambda self: len(self.info.class_names))
+    input_shape = property(lambda self: self.info.input_shape)
+    dtype = property(lambda self: self.info.dtype)
+    mean = property(lambda self: self.info.mean)
+    std = property(lambda self: self.info.std)
+    pixel_scale = property(lambda self: self.info.pixel_scale)
+    compressed = property(lambda self: any(s.x_offset is None for s in self.shards))
+
+    @property
+    def nbytes(self):
+        """Bytes of x in this split (or view) as stored."""
+        return len(self) * int(np.prod(self.input_shape)) * self.dtype.itemsize
+
+    def labels(self):
+        """All labels of this split or view, int64, in view order."""
+        return self.base_labels if self.indices is None else self.base_labels[self.indices]
+
+    def base_rows(self, indices):
+        """Rows of the underlying split for positions INDICES of this view."""
+        indices = np.asarray(indices, np.int64)
+        return indices if self.indices is None else self.indices[indices]
+
+    def subset(self, indices):
+        """A view over positions INDICES of this split (or view); usable wherever a split is."""
+        indices = np.asarray(indices, np.int64)
+        if indices.ndim != 1 or (len(indices) and (indices.min() < 0 or indices.max() >= len(self))):
+            raise DataError(f"subset of {self!r}: indices must be a 1-D array within 0..{len(self) - 1}")
+        return Split(self.name, self.shards, self.base_labels, self.info, self.base_rows(indices))
+
+    def locate(self, rows):
+        """Shard number of each underlying row."""
+        return np.searchsorted(self.starts, rows, side="right") - 1
+
+
+class Dataset:
+    """A prepared dataset: ``ds["train"]``, ``ds["test"]`` and what all shards agree on."""
+
+    def __init__(self, path, splits, info):
+        self.path, self.splits, self.info = Path(path), splits, info
+
+    def __getitem__(self, split):
+        if split not in self.splits:
+            raise DataError(f"{self.path}: no split {split!r}; it has {', '.join(self.splits)}")
+        return self.splits[split]
+
+    def __repr__(self):
+        sizes = ", ".join(f"{k}={len(v)}" for k, v in self.splits.items())
+        return f"Dataset({self.name!r}, {sizes}, input_shape={self.input_shape})"
+
+    name = property(lambda self: self.info.name)
+    class_names = property(lambda self: self.info.class_names)
+    num_classes = property(lambda self: len(self.info.class_names))
+    input_shape = property(lambda self: self.info.input_shape)
+    dtype = property(lambda self: self.info.dtype)
+    mean = property(lambda self: self.info.mean)
+    std = property(lambda self: self.info.std)
+
+
+def first_line(e):
+    """The first line of an exception's message."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def read_attrs(f, path):
+    """Info and counters from a shard's attributes, checking the format version first."""
+    missing = [a for a in REQUIRED_ATTRS if a not in f.attrs]
+    if "format_version" in f.attrs and int(f.attrs["format_version"]) != FORMAT_VERSION:
+        raise DataError(f"{path}: unknown format_version {int(f.attrs['format_version'])} (this distnet reads "
+                        f"{FORMAT_VERSION}): upgrade distnet or {REPREPARE}")
+    if missing:
+        raise DataError(f"{path}: missing attribute(s) {', '.join(missing)}: not a distnet dataset; {REPREPARE}")
+    a = f.attrs
+    info = Info(str(a["dataset"]), tuple(json.loads(a["class_names"])), tuple(int(v) for v in a["input_shape"]),
+                None, np.asarray(a["mean"], np.float64), np.asarray(a["std"], np.float64), float(a["pixel_scale"]))
+    return info, int(a["shard_index"]), int(a["shard_count"]), int(a["num_samples_total"])
+
+
+def check_arrays(f, path, info):
+    """x and y exist, have valid dtypes and shapes, and agree in length; returns x's dtype and storage."""
+    for key in ("x", "y"):
+        if key not in f or not isinstance(f[key], h5py.Dataset):
+            raise DataError(f"{path}: missing dataset {key!r}: {REPREPARE}")
+    x, y = f["x"], f["y"]
+    if y.dtype != np.int64 or y.ndim != 1:
+        raise DataError(f"{path}: y must be int64 of shape (N,), found {y.dtype} {y.shape}: {REPREPARE}")
+    if x.dtype not in X_DTYPES:
+        raise DataError(f"{path}: x has dtype {x.dtype}; expected uint8, float32 or float64: {REPREPARE}")
+    if x.shape[1:] != info.input_shape:
+        raise DataError(f"{path}: x samples have shape {x.shape[1:]} but input_shape says {info.input_shape}: "
+                        f"{REPREPARE}")
+    if x.shape[0] != y.shape[0]:
+        raise DataError(f"{path}: x has {x.shape[0]} samples but y has {y.shape[0]}: {REPREPARE}")
+    return storage(x, path)
+
+
+def storage(x, path):
+    """(byte offset, None) for contiguous uncompressed x after checking the file is long enough, else
+    (None, chunk rows) after reading its last chunk."""
+    if x.chunks is None:
+        offset = x.id.get_offset()
+        size = path.stat().st_size
+        if x.shape[0] and (offset is None or offset + x.nbytes > size):
+            raise DataError(f"{path}: truncated (x needs {x.nbytes} bytes at offset {offset}, file has {size}): "
+                            f"{REPREPARE}")
+        return offset, None
+    if x.shape[0]:
+        x[-1]
+    return None, x.chunks[0]
+
+
+def read_shard(path):
+    """(Info with dtype, shard numbers, Shard fields, labels) of one file, validated."""
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise DataError(f"{path}: not a readable HDF5 file ({first_line(e)}): it is truncated or not HDF5; "
+                        f"{REPREPARE}") from None
+    try:
+        with f:
+            info, index, count, total = read_attrs(f, path)
+            offset, chunk_rows = check_arrays(f, path, info)
+            info = replace(info, dtype=f["x"].dtype)
+            labels = f["y"][:]
+    except (OSError, KeyError, ValueError) as e:
+        raise DataError(f"{path}: cannot read ({first_line(e)}): the file is damaged; {REPREPARE}") from None
+    k = len(info.class_names)
+    if len(labels) and (labels.min() < 0 or labels.max() >= k):
+        bad = labels[(labels < 0) | (labels >= k)][0]
+        raise DataError(f"{path}: label {bad} out of range 0..{k - 1} ({k} class names): {REPREPARE}")
+    return info, (index, count, total), (offset, chunk_rows), labels
+
+
+def same_info(a, b):
+    """Whether two shards agree on everything in Info."""
+    return (a.name, a.class_names, a.input_shape, a.dtype, a.pixel_scale) == \
+        (b.name, b.class_names, b.input_shape, b.dtype, b.pixel_scale) and \
+        np.array_equal(a.mean, b.mean) and np.array_equal(a.std, b.std)
+
+
+def open_split(folder, name, info):
+    """The validated Split in FOLDER/NAME; INFO (from a previous split) must agree when given."""
+    split_dir = folder / name
+    if not split_dir.is_dir():
+        raise DataError(f"{split_dir}: split {name!r} is missing: {REPREPARE}")
+    paths = sorted(split_dir.glob("*.h5"))
+    if not paths:
+        raise DataError(f"{split_dir}: no shards (*.h5 files) in split {name!r}: {REPREPARE}")
+    shards, labels, start = [], [], 0
+    for i, path in enumerate(paths):
+        shard_info, (index, count, total), (offset, chunk_rows), y = read_shard(path)
+        if info is None:
+            info = shard_info
+        elif not same_info(info, shard_info):
+            raise DataError(f"{path}: disagrees with {paths[0] if i else folder} on name, class names, input "
+                            f"shape, dtype or statistics: all shards must come from one preparation; {REPREPARE}")
+        if index != i or count != len(paths):
+            raise DataError(f"{path}: is shard {index} of {count} but the folder has {len(paths)} shards and "
+                            f"this is number {i}: a shard is missing or extra; {REPREPARE}")
+        shards.append(Shard(path, start, len(y), offset, chunk_rows))
+        labels.append(y)
+        start += len(y)
+    if start != total:
+        raise DataError(f"{split_dir}: shards hold {start} samples but num_samples_total is {total}: {REPREPARE}")
+    return Split(name, shards, np.concatenate(labels), info)
+
+
+def open_dataset(path, splits=SPLITS):
+    """Open and validate the prepared dataset in folder PATH (all SPLITS must be present)."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: dataset folder not found: prepare it with "
+                        f"`distnet data prepare NAME --out {folder}`")
+    opened, info = {}, None
+    for name in splits:
+        opened[name] = open_split(folder, name, info)
+        info = opened[name].info
+    return Dataset(folder, opened, info)
+
+
+def holdout(split, fraction, seed=0):
+    """(train_view, val_view): a class-stratified FRACTION of SPLIT held out, chosen from SEED only."""
+    if not 0 < fraction < 1:
+        raise DataError(f"holdout fraction {fraction} must be between 0 and 1 (exclusive)")
+    labels = split.labels()
+    rng = np.random.default_rng([seed, 0x401D])
+    order = rng.permutation(len(labels))
+    order = order[np.argsort(labels[order], kind="stable")]  # shuffled within each class
+    counts = np.bincount(labels, minlength=split.num_classes)
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    take = np.round(counts * fraction).astype(np.int64)
+    rank_in_class = np.arange(len(order)) - np.repeat(first, counts)
+    is_val = rank_in_class < np.repeat(take, counts)
+    if not is_val.any() or is_val.all():
+        raise DataError(f"holdout fraction {fraction} of {len(labels)} samples leaves an empty part: "
+                        "change the fraction")
+    return split.subset(np.sort(order[~is_val])), split.subset(np.sort(order[is_val]))

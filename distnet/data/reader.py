@@ -1,0 +1,111 @@
+"""The batch reader: (x, y) batches in the sampler's order, converted, standardized and augmented.
+
+Conversion: x as float (``dtype``) = stored value * ``pixel_scale`` (1/255 for uint8 images, 1 for float
+data); with ``standardize`` then (x - mean) / std per channel, using the training split's stored statistics.
+Augmentation (images only) works on the stored values before conversion, so shifts fill with 0 (black).
+"""
+
+import os
+
+import numpy as np
+
+from ..errors import ConfigError
+from .prefetch import Prefetch
+from .sources import MemorySource, StreamSource
+
+MODES = ("auto", "memory", "stream")
+DEFAULT_STREAM_BUDGET = 256 << 20
+
+
+def available_memory():
+    """Bytes of physical memory currently available (0 when the platform cannot say)."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def choose_mode(split, mode, budget):
+    """'memory' when the split fits within BUDGET (default: half the available RAM), else 'stream'."""
+    if mode not in MODES:
+        raise ConfigError(f"reader mode {mode!r} is not one of {', '.join(MODES)}")
+    if mode != "auto":
+        return mode
+    budget = budget if budget is not None else available_memory() // 2
+    return "memory" if split.nbytes <= budget else "stream"
+
+
+class BatchReader:
+    """Batches of a split (or view) for given index arrays, read ahead in a background thread."""
+
+    def __init__(self, split, mode="auto", standardize=True, dtype=np.float32, augment=None, prefetch=2,
+                 memory_budget_bytes=None):
+        self.split, self.standardize, self.dtype = split, standardize, np.dtype(dtype)
+        self.augment, self.prefetch = augment, prefetch
+        self.mode = choose_mode(split, mode, memory_budget_bytes)
+        if self.mode == "memory":
+            self.source = MemorySource(split)
+        else:
+            budget = memory_budget_bytes or DEFAULT_STREAM_BUDGET
+            self.source = StreamSource(split, cache_bytes=budget // 2)
+        shape = (1, -1) + (1,) * (len(split.input_shape) - 1)
+        self.mean = np.asarray(split.mean, self.dtype).reshape(shape)
+        self.inv_std = (1 / np.asarray(split.std, np.float64)).astype(self.dtype).reshape(shape)
+        self.scale = self.dtype.type(split.pixel_scale)
+        self.open_iterators = []
+
+    def raw(self, indices):
+        """Stored x (original dtype) and y for positions INDICES of the split, in that order."""
+        rows = self.split.base_rows(indices)
+        x = np.empty((len(rows), *self.split.input_shape), self.split.dtype)
+        return self.source.gather(rows, x), self.split.base_labels[rows]
+
+    def convert(self, x):
+        """Stored values to model inputs: scale, then standardize when asked."""
+        out = x.astype(self.dtype)
+        if self.scale != 1:
+            out *= self.scale
+        if self.standardize:
+            out -= self.mean
+            out *= self.inv_std
+        return out
+
+    def batch(self, indices, aug_key=None):
+        """(x, y) for INDICES now; AUG_KEY = (epoch, step, offset in global batch, global batch length)."""
+        x, y = self.raw(indices)
+        if self.augment is not None and aug_key is not None:
+            x = self.augment.apply(x, *aug_key)
+        return self.convert(x), y
+
+    def batches(self, index_batches, aug_keys=None):
+        """Iterator of (x, y) for each index array, PREFETCH batches ahead; close it (or the reader) to stop
+        early."""
+        keys = aug_keys if aug_keys is not None else iter(lambda: None, 0)
+        produce = (self.batch(idx, key) for idx, key in zip(index_batches, keys))
+        if not self.prefetch:
+            return produce
+        it = Prefetch(produce, self.prefetch)
+        self.open_iterators = [i for i in self.open_iterators if not i.finished] + [it]
+        return it
+
+    def epoch(self, sampler, epoch, start_step=0):
+        """This rank's (x, y) for each step of EPOCH from START_STEP, augmentation keyed by (seed of the
+        Augment, epoch, step) and this rank's offset within the global batch."""
+        n, big_b = sampler.num_samples, sampler.global_batch
+        steps = range(start_step, sampler.steps_per_epoch)
+        glens = [min(big_b, n - s * big_b) for s in steps]
+        keys = [(epoch, s, sampler.rank_slice(g).start, g) for s, g in zip(steps, glens)]
+        return self.batches((idx for _, idx in sampler.epoch_batches(epoch, start_step)), keys)
+
+    def close(self):
+        """Stop any prefetch threads and release files."""
+        for it in self.open_iterators:
+            it.close()
+        self.open_iterators = []
+        self.source.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
