@@ -52,3 +52,24 @@ def fashion_source():
     if not (FASHION_DIR / "train-images-idx3-ubyte.gz").exists():
         pytest.fail(f"{FASHION_DIR} is missing: apt-get install -y dataset-fashion-mnist")
     return FASHION_DIR
+
+
+@pytest.fixture(scope="session")
+def fashion_data(fashion_source, tmp_path_factory):
+    """Fashion-MNIST prepared once per session from the Debian package (60,000/10,000); its folder."""
+    from distnet.data.prepare import prepare
+    return prepare("fashion-mnist", tmp_path_factory.mktemp("data") / "fashion-mnist", source=fashion_source)
+
+
+@pytest.fixture(scope="session")
+def shapes_data(tmp_path_factory):
+    """A small ``shapes`` set (2,000/500, seed 0) prepared once per session; its folder."""
+    from distnet.data.prepare import prepare
+    return prepare("shapes", tmp_path_factory.mktemp("data") / "shapes", num_train=2000, num_test=500)
+
+
+@pytest.fixture(scope="session")
+def spirals_data(tmp_path_factory):
+    """The ``spirals`` set (4,000/1,000, seed 0) prepared once per session; its folder."""
+    from distnet.data.prepare import prepare
+    return prepare("spirals", tmp_path_factory.mktemp("data") / "spirals")

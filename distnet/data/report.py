@@ -6,6 +6,7 @@ import h5py
 import numpy as np
 
 from ..errors import DataError
+from . import catalog
 from .dataset import open_dataset
 from .layout import sha256_rows
 
@@ -19,6 +20,17 @@ def verify_shard(shard):
                 raise DataError(f"{shard.path}: checksum mismatch in {key} (stored {stored[:12]}…, "
                                 f"computed {actual[:12]}…): the file is corrupt; re-create it with "
                                 "`distnet data prepare NAME --out DIR --force`")
+
+
+def catalog_match(name, fname, digest):
+    """Whether a source file's sum is the catalog's for that file name."""
+    known = {e["name"]: e for e in catalog.get(name).get("files", {}).values()}
+    entry = known.get(fname)
+    if entry is None or not entry.get("sha256"):
+        return "not in the catalog"
+    if entry["sha256"] != digest:
+        return "differs from the catalog: not the official file"
+    return f"matches the catalog, {entry.get('sha256_status', 'unverified')}"
 
 
 def storage_of(split):
@@ -61,5 +73,5 @@ def render(info):
         counts = "  ".join(f"{name} {s['class_counts'][k]:>7}" for name, s in info["splits"].items())
         lines.append(f"    {k:>3} {cname:<{width}}  {counts}")
     for fname, digest in info["source_sha256"].items():
-        lines.append(f"  source {fname}: sha256 {digest}")
+        lines.append(f"  source {fname}: sha256 {digest} ({catalog_match(info['dataset'], fname, digest)})")
     return "\n".join(lines)
