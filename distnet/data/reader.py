@@ -1,7 +1,7 @@
 """The batch reader: (x, y) batches in the sampler's order, converted, standardized and augmented.
 
-Conversion: x as float (``dtype``) = stored value * ``pixel_scale`` (1/255 for uint8 images, 1 for float
-data); with ``standardize`` then (x - mean) / std per channel, using the training split's stored statistics.
+Conversion: x as float (``dtype``) = stored value / 255 for uint8 images (``pixel_scale`` 1/255; float data
+as stored); with ``standardize`` then (x - mean) / std per channel, from the training split's statistics.
 Augmentation (images only) works on the stored values before conversion, so shifts fill with 0 (black).
 """
 
@@ -51,7 +51,7 @@ class BatchReader:
         shape = (1, -1) + (1,) * (len(split.input_shape) - 1)
         self.mean = np.asarray(split.mean, self.dtype).reshape(shape)
         self.inv_std = (1 / np.asarray(split.std, np.float64)).astype(self.dtype).reshape(shape)
-        self.scale = self.dtype.type(split.pixel_scale)
+        self.divisor = self.dtype.type(round(1 / split.pixel_scale))  # 255 for uint8: x / 255 exactly rounded
         self.open_iterators = []
 
     def raw(self, indices):
@@ -63,8 +63,8 @@ class BatchReader:
     def convert(self, x):
         """Stored values to model inputs: scale, then standardize when asked."""
         out = x.astype(self.dtype)
-        if self.scale != 1:
-            out *= self.scale
+        if self.divisor != 1:
+            out /= self.divisor
         if self.standardize:
             out -= self.mean
             out *= self.inv_std
