@@ -5,7 +5,8 @@ import numpy as np
 from .. import init as initializers
 from ..errors import ConfigError
 from .base import Layer
-from .im2col import Scratch, col2im, conv_output_size, im2col, pad_into, padding_amounts, pair, unpad
+from .im2col import (CHWN, CNHW, Scratch, col2im, conv_output_size, im2col, layout_shape, pad_into, padding_amounts,
+                     pair, to_nchw, unpad)
 
 
 def _kernel_text(k):
@@ -92,24 +93,26 @@ class Conv2D(_ConvBase):
         x = self._input(x)
         n, c, h, w = x.shape
         pads, (ho, wo) = self.geometry((h, w))
-        kh, kw = self.kernel_size
-        xp = self.scratch.get("xp", (c, n, h + pads[0] + pads[1], w + pads[2] + pads[3]), self.dtype, zero=True)
-        pad_into(x, xp, pads[0], pads[2])
-        cols = self.scratch.get("cols", (c, kh, kw, n, ho, wo), self.dtype)
-        im2col(xp, cols, self.stride)
-        w2 = self.params["W"].reshape(self.out_channels, -1)
-        y2 = self.scratch.get("y2", (self.out_channels, n * ho * wo), self.dtype)
-        np.matmul(w2, cols.reshape(c * kh * kw, -1), out=y2)
+        (kh, kw), o = self.kernel_size, self.out_channels
+        order = CHWN if self.needs_dx and training else CNHW  # CHWN pays off only where col2im runs
+        hp, wp = h + pads[0] + pads[1], w + pads[2] + pads[3]
+        xp = self.scratch.get("xp", layout_shape(n, c, hp, wp, order), self.dtype, zero=True)
+        pad_into(x, xp, pads[0], pads[2], order)
+        cols = self.scratch.get("cols", (c, kh, kw, *layout_shape(n, c, ho, wo, order)[1:]), self.dtype)
+        im2col(xp, cols, self.stride, order)
+        y = self.scratch.get("y", layout_shape(n, o, ho, wo, order), self.dtype)
+        np.matmul(self.params["W"].reshape(o, -1), cols.reshape(c * kh * kw, -1), out=y.reshape(o, -1))
         if self.bias:
-            y2 += self.params["b"][:, None]
-        self._cache = (x.shape, pads, cols)
-        return np.ascontiguousarray(y2.reshape(self.out_channels, n, ho, wo).transpose(1, 0, 2, 3))
+            y.reshape(o, -1)[...] += self.params["b"][:, None]
+        self._cache = (x.shape, pads, cols, order)
+        return np.ascontiguousarray(to_nchw(y, order))
 
     def backward(self, dy):
-        (n, c, h, w), pads, cols = self._cache
+        (n, c, h, w), pads, cols, order = self._cache
         o = self.out_channels
-        dy2 = self.scratch.get("dy2", (o, dy.shape[0] * dy.shape[2] * dy.shape[3]), self.dtype)
-        dy2.reshape(o, *dy.shape[:1], *dy.shape[2:])[...] = dy.transpose(1, 0, 2, 3)
+        dy_l = self.scratch.get("dy", layout_shape(*dy.shape, order), self.dtype)
+        to_nchw(dy_l, order)[...] = dy
+        dy2 = dy_l.reshape(o, -1)
         cols2 = cols.reshape(cols.shape[0] * cols.shape[1] * cols.shape[2], -1)
         np.matmul(dy2, cols2.T, out=self.grads["W"].reshape(o, -1))
         if self.bias:
@@ -118,9 +121,10 @@ class Conv2D(_ConvBase):
             return None
         dcols = self.scratch.get("dcols", cols.shape, self.dtype)
         np.matmul(self.params["W"].reshape(o, -1).T, dy2, out=dcols.reshape(cols2.shape))
-        dxp = self.scratch.get("dxp", (c, n, h + pads[0] + pads[1], w + pads[2] + pads[3]), self.dtype)
-        col2im(dcols, dxp, self.stride)
-        return unpad(dxp, pads[0], pads[2], h, w)
+        hp, wp = h + pads[0] + pads[1], w + pads[2] + pads[3]
+        dxp = self.scratch.get("dxp", layout_shape(n, c, hp, wp, order), self.dtype)
+        col2im(dcols, dxp, self.stride, order)
+        return unpad(dxp, pads[0], pads[2], h, w, order)
 
     def flops(self, input_shape=None):
         c, h, w = input_shape or self.input_shape

@@ -1,9 +1,11 @@
 """im2col/col2im for NCHW convolutions, with a channel-first padded buffer that makes the GEMM contiguous.
 
-Layout (measured fastest of the ones tried, see ``distnet bench step``): the padded input is kept as
-``(C, N, Hp, Wp)`` and the columns as ``(C, kh, kw, N, Ho, Wo)`` = a ``(C*kh*kw, N*Ho*Wo)`` matrix, so the
-forward GEMM is ``W(O, C*kh*kw) @ cols`` and every copy below moves rows of contiguous pixels. The only Python
-loops run over the kh*kw kernel offsets.
+The padded input is a channel-first buffer in one of two layouts, and the columns are
+``(C, kh, kw, *rest)`` = a ``(C*kh*kw, positions)`` matrix, so the forward GEMM is ``W(O, C*kh*kw) @ cols``.
+- ``CNHW`` (order (1, 0, 2, 3)): cheap to convert from/to NCHW; each copy moves rows of Wo pixels.
+- ``CHWN`` (order (1, 2, 3, 0)): batch innermost, so a window row is Wo*N contiguous values and col2im's adds
+  run ~2x faster; the NCHW<->CHWN transposes cost more, so it pays only where col2im runs.
+The only Python loops run over the kh*kw kernel offsets.
 """
 
 import math
@@ -50,38 +52,59 @@ def conv_output_size(size, kernel, stride, pads):
     return ho, wo
 
 
-def pad_into(x, buf, top, left):
-    """Copy NCHW ``x`` into the interior of the channel-first buffer ``buf`` (C, N, Hp, Wp); borders stay 0."""
+CNHW = (1, 0, 2, 3)
+CHWN = (1, 2, 3, 0)
+
+
+def layout_shape(n, c, h, w, order):
+    """Shape of an NCHW array of these sizes transposed by ``order``."""
+    return tuple((n, c, h, w)[a] for a in order)
+
+
+def to_nchw(a, order):
+    """A layout-``order`` array as NCHW (a view)."""
+    return a.transpose(np.argsort(order))
+
+
+def pad_into(x, buf, top, left, order=CNHW):
+    """Copy NCHW ``x`` into the interior of the padded buffer ``buf`` (layout ``order``); borders stay 0."""
     h, w = x.shape[2:]
-    buf[:, :, top:top + h, left:left + w] = x.transpose(1, 0, 2, 3)
+    to_nchw(buf, order)[:, :, top:top + h, left:left + w] = x
 
 
-def unpad(buf, top, left, h, w):
-    """The NCHW interior (N, C, h, w) of a channel-first padded buffer, as a new contiguous array."""
-    return np.ascontiguousarray(buf[:, :, top:top + h, left:left + w].transpose(1, 0, 2, 3))
+def unpad(buf, top, left, h, w, order=CNHW):
+    """The NCHW interior (N, C, h, w) of a padded buffer, as a new contiguous array."""
+    return np.ascontiguousarray(to_nchw(buf, order)[:, :, top:top + h, left:left + w])
 
 
-def windows(xp, i, j, out_hw, stride):
-    """View of ``xp`` (C, N, Hp, Wp) seen by kernel offset (i, j): shape (C, N, Ho, Wo)."""
+def windows(xp, i, j, out_hw, stride, order=CNHW):
+    """View of the padded buffer ``xp`` seen by kernel offset (i, j): its spatial axes cut to (Ho, Wo)."""
     (ho, wo), (sh, sw) = out_hw, stride
-    return xp[:, :, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw]
+    index = [slice(None)] * 4
+    index[order.index(2)] = slice(i, i + sh * (ho - 1) + 1, sh)
+    index[order.index(3)] = slice(j, j + sw * (wo - 1) + 1, sw)
+    return xp[tuple(index)]
 
 
-def im2col(xp, cols, stride):
-    """Fill ``cols`` (C, kh, kw, N, Ho, Wo) from the padded channel-first input ``xp``."""
-    kh, kw, out_hw = cols.shape[1], cols.shape[2], cols.shape[4:]
+def _out_hw(cols, order):
+    return cols.shape[order.index(2) + 2], cols.shape[order.index(3) + 2]
+
+
+def im2col(xp, cols, stride, order=CNHW):
+    """Fill ``cols`` (C, kh, kw, *rest) from the padded buffer ``xp`` of layout ``order``."""
+    kh, kw, out_hw = cols.shape[1], cols.shape[2], _out_hw(cols, order)
     for i in range(kh):
         for j in range(kw):
-            cols[:, i, j] = windows(xp, i, j, out_hw, stride)
+            cols[:, i, j] = windows(xp, i, j, out_hw, stride, order)
 
 
-def col2im(cols, xp, stride):
-    """Sum the columns ``cols`` (C, kh, kw, N, Ho, Wo) back into the padded buffer ``xp`` (overwritten)."""
-    kh, kw, out_hw = cols.shape[1], cols.shape[2], cols.shape[4:]
+def col2im(cols, xp, stride, order=CNHW):
+    """Sum the columns ``cols`` (C, kh, kw, *rest) back into the padded buffer ``xp`` (overwritten)."""
+    kh, kw, out_hw = cols.shape[1], cols.shape[2], _out_hw(cols, order)
     xp.fill(0)
     for i in range(kh):
         for j in range(kw):
-            view = windows(xp, i, j, out_hw, stride)
+            view = windows(xp, i, j, out_hw, stride, order)
             np.add(view, cols[:, i, j], out=view)
 
 

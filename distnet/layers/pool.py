@@ -62,25 +62,31 @@ class _Pool2D(Layer):
 
 
 class MaxPool2D(_Pool2D):
-    """Maximum over each window; the gradient goes to the first maximum of the window."""
+    """Maximum over each window; the gradient goes to the first maximum of the window (ties after ReLU)."""
 
     def forward(self, x, training=True):
         out_hw = self.out_hw(x.shape[2:])
         views = self.offsets(x, out_hw)
-        _, first = next(views)
-        y = first.copy()
-        arg = np.zeros(y.shape, np.uint8 if self.kernel_size[0] * self.kernel_size[1] < 256 else np.int32)
-        for k, view in views:
-            better = view > y
-            np.copyto(y, view, where=better)
-            np.copyto(arg, k, where=better)
-        self._cache = (x.shape, out_hw, arg)
+        y = np.array(next(views)[1])
+        for _, view in views:
+            np.maximum(y, view, out=y)
+        self._cache = (x, out_hw, y)
         return y
 
     def backward(self, dy):
-        shape, out_hw, arg = self._cache
-        dx = np.zeros(shape, dy.dtype)
-        return self.route(dx, out_hw, lambda k: np.where(arg == k, dy, 0))
+        x, out_hw, y = self._cache
+        taken = np.zeros(y.shape, bool)
+
+        def first_max(k):
+            hit = windows[k] == y
+            hit &= ~taken
+            taken[...] |= hit
+            return dy * hit  # contiguous product, then one strided copy (a cast into a strided out is slow)
+
+        windows = [view for _, view in self.offsets(x, out_hw)]
+        tiled = self.stride == self.kernel_size and x.shape[2:] == tuple(np.multiply(out_hw, self.kernel_size))
+        dx = (np.empty if tiled else np.zeros)(x.shape, dy.dtype)  # every position written when windows tile x
+        return self.route(dx, out_hw, first_max)
 
 
 class AvgPool2D(_Pool2D):
