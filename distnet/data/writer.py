@@ -11,7 +11,7 @@ import numpy as np
 from ..errors import DataError
 from .layout import FORMAT_VERSION, channel_stats, encode, pixel_scale, sha256_rows, shard_name
 
-COMPRESS_CHUNK_BYTES = 256 << 10
+COMPRESS_CHUNK_BYTES = 16 << 10  # small: random access decompresses a whole chunk per sample
 
 
 def chunk_rows(x):
