@@ -57,6 +57,15 @@ def test_cli_prepare_downloads_from_a_mirror(tmp_path, serve, fashion_source):
         e["name"] for e in catalog.get("fashion-mnist")["files"].values())
 
 
+def test_fashion_mnist_defaults_to_the_debian_package(tmp_path, fashion_source):
+    out = tmp_path / "fm"
+    result = run_distnet(["data", "prepare", "fashion-mnist", "--out", out, "--cache", tmp_path / "cache",
+                          "--num-train", 100, "--num-test", 50])
+    assert result.returncode == 0, result.stderr
+    assert "matches the catalog, verified" in result.stdout
+    assert not (tmp_path / "cache").exists()  # nothing downloaded
+
+
 def test_checksum_mismatch_is_refused_and_removed(tmp_path, serve, fashion_source):
     site = tmp_path / "site"
     shutil.copytree(fashion_source, site)
