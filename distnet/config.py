@@ -83,7 +83,8 @@ def factory_kwargs(cfg, section):
 
 def _type_name(types):
     types = types if isinstance(types, tuple) else (types,)
-    names = {int: "integer", float: "number", str: "string", bool: "true/false", list: "list", dict: "table"}
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list",
+             dict: "a table"}
     return " or ".join(dict.fromkeys(names[t] for t in types))
 
 
@@ -101,7 +102,7 @@ def _check(section, key, value):
     if not ok and float in types and isinstance(value, int) and not isinstance(value, bool):
         ok = True
     if not ok:
-        raise ConfigError(f"config key {section}.{key} must be a {_type_name(types)}, "
+        raise ConfigError(f"config key {section}.{key} must be {_type_name(types)}, "
                           f"got {value!r} ({type(value).__name__})")
     return float(value) if types == (int, float) or types == (float,) else value
 

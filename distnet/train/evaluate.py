@@ -1,5 +1,7 @@
 """Distributed evaluation: each rank a contiguous part of the split, sums allreduced."""
 
+import numpy as np
+
 from .. import comm
 
 _readers = {}
@@ -14,8 +16,9 @@ def evaluate(world, model, loss, split, batch_size=1000, mode="auto"):
     if reader is None:
         reader = _readers[key] = BatchReader(split, mode=mode, dtype=model.dtype, prefetch=1)
     part = eval_partition(len(split), world.rank, world.size)
+    chunks = (np.arange(i, min(i + batch_size, part.stop)) for i in range(part.start, part.stop, batch_size))
     loss_sum = correct = n = 0.0
-    for x, y in reader.iterate(part, batch_size):
+    for x, y in reader.batches(chunks):
         out = model.forward(x, training=False)
         loss_sum += loss.forward(out, y) * len(y)
         correct += loss.correct(out, y)

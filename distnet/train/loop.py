@@ -21,7 +21,7 @@ from .. import config as C
 from ..errors import ConfigError, UserError
 from ..optim import clip_grad_norm, make_optimizer
 from ..schedules import make_schedule, scale_lr
-from .evaluate import evaluate
+from .evaluate import close_readers, evaluate
 from .faults import FaultInjector
 from .metrics import MetricsWriter, Progress
 from .profile import StepTimer
@@ -72,7 +72,7 @@ def train(cfg, opts):
             raise ConfigError(f"global batch {B} is not divisible by ranks x accumulation steps = {p} x {k}: "
                               f"choose a batch size that is a multiple of {p * k}")
         ds, model, loss, data_dir = setup(cfg, opts, w)
-        from ..data import BatchReader, Sampler, holdout
+        from ..data import Augment, BatchReader, Sampler, holdout
 
         train_split, val_split = ds["train"], None
         if cfg["data"]["val_fraction"] > 0:
@@ -80,9 +80,9 @@ def train(cfg, opts):
         sampler = Sampler(len(train_split), B, w.rank, p, tc["seed"])
         augment = None
         if cfg["data"]["augment_shift"] or cfg["data"]["augment_flip"]:
-            augment = {"shift": cfg["data"]["augment_shift"], "flip": cfg["data"]["augment_flip"]}
+            augment = Augment(cfg["data"]["augment_shift"], cfg["data"]["augment_flip"], seed=tc["seed"])
         reader = BatchReader(train_split, mode=cfg["data"]["reader"], dtype=model.dtype, augment=augment,
-                             prefetch=cfg["data"]["prefetch"], seed=tc["seed"])
+                             prefetch=cfg["data"]["prefetch"])
         steps_per_epoch = sampler.steps_per_epoch
         total_steps = tc["epochs"] * steps_per_epoch
         lr0 = scale_lr(oc["lr"], oc["base_batch"], B, oc["lr_scaling"])
@@ -150,7 +150,7 @@ def train(cfg, opts):
             results[name] = ev_acc
             metrics.write("eval", state["global_step"], epoch=state["epoch"], split=name, loss=ev_loss,
                           accuracy=ev_acc, samples=n)
-            progress.line(f"  epoch {state['epoch'] + 1} step {state['global_step']}: {name} loss "
+            progress.line(f"  epoch {state['epoch'] + 1}/{tc['epochs']} step {state['global_step']}: {name} loss "
                           f"{ev_loss:.4f} accuracy {ev_acc:.4f}")
         return results.get("val", results.get("test"))
 
@@ -160,6 +160,7 @@ def train(cfg, opts):
     while state["epoch"] < tc["epochs"] and state["global_step"] < max_steps and not stopped_early:
         epoch = state["epoch"]
         batches = reader.epoch(sampler, epoch, start_step=state["step_in_epoch"])
+        finished = True
         for x, y in batches:
             timer.mark("data")
             step = state["global_step"]
@@ -236,13 +237,15 @@ def train(cfg, opts):
             if cfg["checkpoint"]["every"] and gs % cfg["checkpoint"]["every"] == 0:
                 save_checkpoint()
             if gs >= max_steps:
+                finished = state["step_in_epoch"] == steps_per_epoch
                 break
             timer.mark(None)
-        else:
-            # epoch finished
+        if hasattr(batches, "close"):
+            batches.close()  # stops the prefetch thread when the epoch ended early
+        if finished:
+            last_eval = run_eval()
             state["epoch"] += 1
             state["step_in_epoch"] = 0
-            last_eval = run_eval()
             if val_split is not None and tc["patience"]:
                 if last_eval > state["best_metric"]:
                     state["best_metric"], state["bad_evals"] = last_eval, 0
@@ -257,10 +260,10 @@ def train(cfg, opts):
                 state["best_metric"] = max(state["best_metric"], last_eval)
             if ckpt_dir and not cfg["checkpoint"]["every"]:
                 save_checkpoint()
-        reader.close_epoch()
 
     # -- the end ----------------------------------------------------------------------------------------
     reader.close()
+    close_readers()
     progress.close()
     if ckpt_dir:
         save_checkpoint()
