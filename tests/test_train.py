@@ -163,6 +163,9 @@ def test_eval_reports_the_checkpoints_accuracy(tmp_path, spirals_data):
     result = json.loads(ev.stdout)
     assert result["accuracy"] == pytest.approx(test_evals[-1]["accuracy"], abs=1e-9)
     assert result["accuracy"] > 0.8
+    folder = run_distnet(["eval", out / "ck", "--data", spirals_data, "--json"], timeout=60)  # newest in it
+    assert folder.returncode == 0, folder.stderr
+    assert json.loads(folder.stdout)["accuracy"] == result["accuracy"]
     bad = run_distnet(["eval", tmp_path / "missing.h5", "--data", spirals_data], n=2, timeout=60)
     assert bad.returncode == 2 and bad.stderr.count("distnet: error:") == 1
 

@@ -10,7 +10,8 @@ from ..errors import UserError
 
 
 def add_arguments(p):
-    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint written by distnet train")
+    p.add_argument("checkpoint", metavar="CHECKPOINT",
+                   help="a checkpoint written by distnet train, or its folder (the newest checkpoint in it)")
     p.add_argument("--data", metavar="DIR", help="prepared dataset folder (default: the training config's)")
     p.add_argument("--split", default="test", help="split to evaluate (default: test)")
     p.add_argument("--batch-size", type=int, default=1000)
@@ -19,8 +20,16 @@ def add_arguments(p):
 
 def load_checkpoint(args):
     """Model, loss and split for the checkpoint (no collectives: any rank may fail here)."""
+    from pathlib import Path
+
     from ..data import open_dataset
 
+    if Path(args.checkpoint).is_dir():
+        newest = ckpt.latest(args.checkpoint)
+        if newest is None:
+            raise UserError(f"checkpoint folder {args.checkpoint} holds no ckpt-*.h5: pass a folder that "
+                            "distnet train --checkpoint-dir wrote, or a checkpoint file")
+        args.checkpoint = str(newest)
     meta = ckpt.read_meta(args.checkpoint)
     if "config" not in meta:
         raise UserError(f"{args.checkpoint} holds no training config: evaluate a checkpoint from distnet train")
