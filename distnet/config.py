@@ -66,8 +66,9 @@ SCHEMA = {
         "keep": (int, 3),
     },
     "comm": {
-        "bucket_mb": (NUM, 4.0),
-        "overlap": (bool, True),
+        "bucket_mb": (NUM, 1.0),        # gradient bucket size
+        "overlap": (bool, True),        # start each bucket's allreduce during backward
+        "split_mb": (NUM, 0.25),        # send the first layer's dW in row blocks of this size (0 = whole)
     },
 }
 
@@ -195,6 +196,8 @@ def validate(cfg, label="config"):
                               f"got {cfg[section][key]!r}")
     if cfg["comm"]["bucket_mb"] <= 0:
         raise ConfigError("config key comm.bucket_mb must be > 0")
+    if cfg["comm"]["split_mb"] < 0:
+        raise ConfigError("config key comm.split_mb must be >= 0 (0 sends the first layer's gradient whole)")
     # A dry build names a bad optimizer or schedule key now, before any data is opened.
     import numpy as np
 

@@ -17,10 +17,15 @@ def mlp():
     return Sequential([Dense(None, 64), ReLU(), Dense(None, 32), ReLU(), Dense(None, 10)], input_shape=(20,), seed=3)
 
 
-@pytest.mark.parametrize("bucket_bytes", [1, 4 * 1024, 1 << 30])
-def test_buckets_tile_the_arena_in_backward_order(bucket_bytes):
+class TwoRanks(comm.SerialWorld):
+    size = 2  # enough for GradSync to plan overlapped buckets; nothing is sent
+
+
+@pytest.mark.parametrize("bucket_bytes,split_bytes", [(1, 0), (4 * 1024, 0), (1 << 30, 0), (1 << 30, 1024),
+                                                      (1, 1024)])
+def test_buckets_tile_the_arena_in_backward_order(bucket_bytes, split_bytes):
     model = mlp()
-    sync = comm.GradSync(comm.SerialWorld(), model, bucket_bytes=bucket_bytes)
+    sync = comm.GradSync(TwoRanks(), model, bucket_bytes=bucket_bytes, split_bytes=split_bytes)
     slices = [sl for _, sl in sync.buckets]
     # Ready order is backward order: the first bucket ends at the arena's end, each next one ends where
     # the previous one started, and together they cover the arena once.
@@ -28,12 +33,22 @@ def test_buckets_tile_the_arena_in_backward_order(bucket_bytes):
     for a, b in zip(slices, slices[1:]):
         assert b.stop == a.start
     assert slices[-1].start == 0
-    for first_layer, sl in sync.buckets:
-        assert model.layer_ranges[first_layer][0] == sl.start
-    if bucket_bytes == 1:
+    out = model.layers[0].grads["W"].shape[1]
+    for key, sl in sync.buckets:
+        if isinstance(key, tuple):  # a row block of the first layer's dW: it starts at that row
+            assert key[0] == 0 and sl.start == key[1] * out
+        else:
+            assert model.layer_ranges[key][0] == sl.start
+    blocks = [key for key, _ in sync.buckets if isinstance(key, tuple)]
+    if split_bytes:  # the first layer's W (20 x 64 float32 = 5 KiB) goes in 1 KiB row blocks, last rows first
+        assert [row for _, row in blocks] == [16, 12, 8, 4, 0]
+        assert sync.row_blocks == [(16, 20), (12, 16), (8, 12), (4, 8), (0, 4)]
+    else:
+        assert not blocks and sync.split_layer is None
+    if bucket_bytes == 1 and not split_bytes:
         assert len(slices) == 3  # one bucket per parameterized layer
     if bucket_bytes == 1 << 30:
-        assert len(slices) == 1
+        assert len(slices) == 1 + len(blocks) - bool(blocks)
 
 
 SCRIPT = textwrap.dedent("""
@@ -56,7 +71,7 @@ SCRIPT = textwrap.dedent("""
             model.backward(local_grads(r, m))
             total = total + model.grads_flat.copy()
         expect = total if expect is None else expect + total
-    sync = comm.GradSync(w, model, bucket_bytes={bucket_bytes}, overlap={overlap})
+    sync = comm.GradSync(w, model, bucket_bytes={bucket_bytes}, overlap={overlap}, split_bytes={split_bytes})
     accum = np.zeros_like(model.grads_flat) if K > 1 else None
     for m in range(K):
         dy = local_grads(w.rank, m)
@@ -64,10 +79,14 @@ SCRIPT = textwrap.dedent("""
             model.backward(dy)
             accum[...] = model.grads_flat if m == 0 else accum + model.grads_flat
         else:
-            sync.begin(accum)
+            stats = np.array([w.rank + 1.0, 2.0])
+            sync.begin(accum, stats=stats)
             model.backward(dy, on_layer_done=sync.on_layer_done)
     sync.finish()
+    assert model.layers[0].row_blocks is None  # the hook is only installed during a synchronized backward
     np.testing.assert_allclose(model.grads_flat, expect, rtol=1e-5, atol=1e-5)
+    assert stats.tolist() == [w.size * (w.size + 1) / 2, 2.0 * w.size]
+    assert (sync.split_layer is not None) == ({split_bytes} > 0 and {overlap})
     assert len(sync.buckets) >= (3 if {bucket_bytes} == 1 else 1)
     if w.rank == 0:
         print("OK", w.size, len(sync.buckets))
@@ -75,11 +94,12 @@ SCRIPT = textwrap.dedent("""
 
 
 @pytest.mark.mpi
-@pytest.mark.parametrize("bucket_bytes,overlap,accumulate", [(1, True, 1), (1 << 30, True, 1), (4096, False, 1),
-                                                             (1, True, 3)])
-def test_bucketed_allreduce_equals_sum_over_ranks(bucket_bytes, overlap, accumulate):
-    r = run_python_mpi(SCRIPT.format(bucket_bytes=bucket_bytes, overlap=overlap, accumulate=accumulate), n=2,
-                       timeout=60)
+@pytest.mark.parametrize("bucket_bytes,overlap,accumulate,split_bytes", [
+    (1, True, 1, 0), (1 << 30, True, 1, 0), (4096, False, 1, 0), (1, True, 3, 0), (1 << 30, True, 1, 1024),
+    (1, True, 3, 1024), (4096, False, 1, 1024)])
+def test_bucketed_allreduce_equals_sum_over_ranks(bucket_bytes, overlap, accumulate, split_bytes):
+    r = run_python_mpi(SCRIPT.format(bucket_bytes=bucket_bytes, overlap=overlap, accumulate=accumulate,
+                                     split_bytes=split_bytes), n=2, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("OK 2"), r.stdout
 

@@ -62,7 +62,8 @@ def model_sync(w, name, global_batch, bucket_mb, reps):
     loss.forward(model.forward(x), y)
     dy = loss.backward()
     bucket = bucket_mb if bucket_mb is not None else cfg["comm"]["bucket_mb"]
-    sync = comm.GradSync(w, model, bucket_bytes=int(bucket * 2 ** 20), overlap=True)
+    sync = comm.GradSync(w, model, bucket_bytes=int(bucket * 2 ** 20), overlap=True,
+                         split_bytes=int(cfg["comm"]["split_mb"] * 2 ** 20))
     waits = []
 
     def synced():

@@ -50,10 +50,21 @@ class Dense(Layer):
             y += self.params["b"]
         return y
 
+    # (row blocks [(lo, hi), ...], done(lo, hi)) or None: set by comm.GradSync around a synchronized
+    # backward so that each block of dW's rows can be sent while the next is computed.
+    row_blocks = None
+
     def backward(self, dy):
-        np.matmul(self._x.T, dy, out=self.grads["W"])
+        gW = self.grads["W"]
         if self.bias:
             np.sum(dy, axis=0, out=self.grads["b"])
+        if self.row_blocks is None:
+            np.matmul(self._x.T, dy, out=gW)
+        else:
+            blocks, done = self.row_blocks
+            for lo, hi in blocks:
+                np.matmul(self._x[:, lo:hi].T, dy, out=gW[lo:hi])
+                done(lo, hi)
         return dy @ self.params["W"].T if self.needs_dx else None
 
     def flops(self, input_shape=None):

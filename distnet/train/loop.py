@@ -115,8 +115,9 @@ def train(cfg, opts):
     is_root = w.rank == 0
     metrics = MetricsWriter(opts.get("metrics") if is_root else None, append=bool(opts.get("resume")))
     progress = Progress(total_steps, initial=state["global_step"], quiet=opts.get("quiet"), enabled=is_root)
-    sync = comm.GradSync(w, model, bucket_bytes=int(cfg["comm"]["bucket_mb"] * 2 ** 20),
-                         overlap=cfg["comm"]["overlap"])
+    cc = cfg["comm"]
+    sync = comm.GradSync(w, model, bucket_bytes=int(cc["bucket_mb"] * 2 ** 20), overlap=cc["overlap"],
+                         split_bytes=int(cc["split_mb"] * 2 ** 20))
     accum = np.zeros_like(model.grads_flat) if k > 1 else None
     timer = StepTimer(w, enabled=opts.get("profile", False), trace_path=opts.get("trace"))
     faults = FaultInjector.from_env(w.rank)
@@ -189,12 +190,12 @@ def train(cfg, opts):
                     else:
                         accum += model.grads_flat
                 else:
-                    sync.begin(accum if k > 1 else None)
+                    # the loss sums travel with the gradients (summed during backward, no extra collective)
+                    totals = np.array([faults.maybe_corrupt(step, loss_sum), correct, n_local], np.float64)
+                    sync.begin(accum if k > 1 else None, stats=totals)
                     model.backward(dy, on_layer_done=sync.on_layer_done)
                 timer.mark("backward")
-            loss_sum = faults.maybe_corrupt(step, loss_sum)
             sync.finish()
-            totals = comm.stats_allreduce(w, [loss_sum, correct, n_local])
             timer.mark("comm")
             g = model.grads_flat
             gnorm = float(np.sqrt(np.dot(g, g)))  # identical on every rank: the gradients are summed
