@@ -4,6 +4,7 @@ import importlib
 
 KINDS = {
     "step": ("distnet.bench.step", "single-process training step time and GFLOP/s of the reference models"),
+    "compute": ("distnet.bench.compute", "per-layer forward/backward time and GFLOP/s against the measured GEMM peak"),
     "allreduce": ("distnet.bench.allreduce", "MPI allreduce bandwidth by size, and a model's bucketed gradient sync"),
     "data": ("distnet.bench.data", "reader throughput (in-memory and streaming) and streaming peak memory"),
 }
