@@ -1,8 +1,11 @@
-"""``distnet bench compute``: tables, JSON, and figures that add up."""
+"""``distnet bench compute`` and ``distnet bench train``: tables, JSON, and figures that add up."""
 
 import json
 
 import pytest
+
+from distnet.bench.train import measured
+from distnet.train.profile import PHASES
 
 from .conftest import run_distnet
 
@@ -41,3 +44,64 @@ def test_bench_compute_table_for_a_cnn_preset():
     assert "measured matmul peak" in out and "GFLOP/s" in out and "%peak" in out
     assert "Conv2D(1, 16, k=5" in out and "MaxPool2D(2)" in out
     assert "% of the measured peak" in out
+
+
+def _line(step, **ms):
+    return json.dumps({"event": "train", "step": step, "samples_per_s": 1000.0,
+                       **{f"ms_{ph}": ms.get(ph, 1.0) for ph in PHASES}})
+
+
+def test_measured_drops_warmup_and_windows_after_an_evaluation(tmp_path):
+    lines = [_line(5, data=100.0),                      # warm-up window (steps 0-4): dropped
+             _line(10, data=2.0),                       # steps 5-9
+             _line(12, data=4.0),                       # epoch end at 12 (a short window)
+             json.dumps({"event": "eval", "step": 12}),
+             _line(15, data=500.0),                     # holds the evaluation: dropped
+             _line(20, data=2.0),
+             json.dumps({"event": "summary", "step": 20})]
+    path = tmp_path / "m.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    r = measured(path, warmup=5, global_batch=10)
+    assert r["steps_measured"] == 5 + 2 + 5
+    assert r["phases_ms"]["data"] == pytest.approx((5 * 2 + 2 * 4 + 5 * 2) / 12)
+    assert r["phases_ms"]["forward"] == pytest.approx(1.0)
+    assert r["samples_per_s"] == pytest.approx(1000.0)
+    assert r["step_ms"] == pytest.approx(sum(r["phases_ms"].values()))
+
+
+def test_bench_train_one_rank_table_across_an_epoch_end(spirals_data):
+    # spirals: 4,000 samples / batch 64 = 62 steps per epoch, so 2 + 70 steps cross one epoch end
+    result = run_distnet(["bench", "train", "spirals-mlp", "--data", spirals_data, "--steps", 70, "--warmup", 2],
+                         timeout=60)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for word in ("data wait", "forward", "backward", "comm wait (exposed)", "optimizer", "samples/s"):
+        assert word in out, out
+    assert "68 steps measured after 2 warm-up" in out  # the window after the epoch-end evaluation is dropped
+    assert "own baseline" in out
+
+
+def test_bench_train_missing_data_is_a_one_line_user_error(tmp_path):
+    result = run_distnet(["bench", "train", "spirals-mlp", "--data", tmp_path / "nope"], timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "does not exist" in result.stderr
+    assert "distnet data prepare spirals" in result.stderr
+
+
+@pytest.mark.mpi
+def test_bench_train_two_ranks_json(spirals_data):
+    result = run_distnet(["bench", "train", "spirals-mlp", "--data", spirals_data, "--steps", 10, "--warmup", 2,
+                          "--reps", 5, "--json"], n=2, timeout=120)
+    assert result.returncode == 0, result.stderr
+    r = json.loads(result.stdout)
+    assert r["ranks"] == 2 and r["global_batch"] == 64 and r["per_rank_batch"] == 32
+    assert r["steps_measured"] == 10
+    assert set(r["phases_ms"]) == set(PHASES)
+    assert all(v >= 0 for v in r["phases_ms"].values()) and r["phases_ms"]["forward"] > 0
+    assert r["samples_per_s"] > 0
+    assert r["flat_allreduce_ms"] > 0 and r["grad_bytes"] == 4 * r["params"]
+    assert isinstance(r["comm_floor_ok"], bool)
+    assert r["baseline"]["strong"]["global_batch"] == 64 and r["baseline"]["weak"]["global_batch"] == 32
+    for kind in ("strong", "weak"):
+        assert r["baseline"][kind]["samples_per_s"] > 0
+        assert r[f"efficiency_{kind}"] == pytest.approx(r["samples_per_s"] / (2 * r["baseline"][kind]["samples_per_s"]))

@@ -6,6 +6,7 @@ KINDS = {
     "step": ("distnet.bench.step", "single-process training step time and GFLOP/s of the reference models"),
     "compute": ("distnet.bench.compute", "per-layer forward/backward time and GFLOP/s against the measured GEMM peak"),
     "allreduce": ("distnet.bench.allreduce", "MPI allreduce bandwidth by size, and a model's bucketed gradient sync"),
+    "train": ("distnet.bench.train", "a short real training run: step-time breakdown, samples/s, scaling efficiency"),
     "data": ("distnet.bench.data", "reader throughput (in-memory and streaming) and streaming peak memory"),
 }
 
