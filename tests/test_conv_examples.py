@@ -107,3 +107,13 @@ def test_pooling_crops_an_odd_border():
     y = MaxPool2D(2).forward(x)
     assert y.shape == (2, 3, 2, 3)
     np.testing.assert_array_equal(y, x[:, :, :4, :6].reshape(2, 3, 2, 2, 3, 2).max(axis=(3, 5)))
+
+
+def test_conv2d_alternating_training_and_evaluation_layouts():
+    """Training and evaluation use different buffer layouts, of equal shapes when N = H + 2p = W + 2p."""
+    rng = np.random.default_rng(1)
+    layer = Conv2D(1, 2, 3, padding=1, dtype=np.float64, seed=0)
+    x = rng.standard_normal((6, 1, 4, 4))
+    expected = reference_conv2d(x, layer.params["W"], layer.params["b"], (1, 1), (1, 1, 1, 1))
+    for training in (False, True, False):
+        np.testing.assert_allclose(layer.forward(x, training=training), expected, rtol=1e-10, atol=1e-12)

@@ -96,7 +96,8 @@ class Conv2D(_ConvBase):
         (kh, kw), o = self.kernel_size, self.out_channels
         order = CHWN if self.needs_dx and training else CNHW  # CHWN pays off only where col2im runs
         hp, wp = h + pads[0] + pads[1], w + pads[2] + pads[3]
-        xp = self.scratch.get("xp", layout_shape(n, c, hp, wp, order), self.dtype, zero=True)
+        xp = self.scratch.get(f"xp{order}", layout_shape(n, c, hp, wp, order), self.dtype, zero=True)  # per layout:
+        # a buffer of the same shape in the other layout would have data in this one's zero border
         pad_into(x, xp, pads[0], pads[2], order)
         cols = self.scratch.get("cols", (c, kh, kw, *layout_shape(n, c, ho, wo, order)[1:]), self.dtype)
         im2col(xp, cols, self.stride, order)

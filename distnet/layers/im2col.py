@@ -109,17 +109,13 @@ def col2im(cols, xp, stride, order=CNHW):
 
 
 class Scratch:
-    """Work arrays reused across steps, keyed by name and shape (a new batch size allocates new ones)."""
+    """Work arrays reused across steps (no page faults), one per name; a new shape or dtype replaces it."""
 
-    def __init__(self, limit=12):
+    def __init__(self):
         self.arrays = {}
-        self.limit = limit
 
     def get(self, name, shape, dtype, zero=False):
-        key = (name, tuple(shape), np.dtype(dtype).str)
-        a = self.arrays.get(key)
-        if a is None:
-            if len(self.arrays) >= self.limit:
-                self.arrays.clear()
-            a = self.arrays[key] = (np.zeros if zero else np.empty)(shape, dtype)
+        a = self.arrays.get(name)
+        if a is None or a.shape != tuple(shape) or a.dtype != dtype:
+            a = self.arrays[name] = (np.zeros if zero else np.empty)(shape, dtype)
         return a
