@@ -65,6 +65,40 @@ def test_conv2d_matches_direct_reference(kernel, stride, padding, pads):
     np.testing.assert_allclose(layer.forward(x, training=False), expected, rtol=1e-10, atol=1e-12)  # CNHW
 
 
+@pytest.mark.parametrize("kernel,padding,pads", [
+    (3, 0, (0, 0, 0, 0)), (5, "same", (2, 2, 2, 2)), (4, "same", (1, 2, 1, 2)), ((2, 3), 1, (1, 1, 1, 1)),
+    (3, 4, (4, 4, 4, 4)), (9, (4, 1), (4, 4, 1, 1))])
+def test_spectral_conv2d_matches_direct_reference(kernel, padding, pads):
+    rng = np.random.default_rng(0)
+    layer = Conv2D(3, 4, kernel, padding=padding, dtype=np.float64, seed=1)
+    layer.method = "spectral"
+    layer.params["b"][...] = rng.standard_normal(4)
+    x = rng.standard_normal((2, 3, 9, 8))
+    expected = reference_conv2d(x, layer.params["W"], layer.params["b"], (1, 1), pads)
+    np.testing.assert_allclose(layer.forward(x), expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype,tol", [(np.float32, 2e-5), (np.float64, 1e-12)])
+def test_spectral_and_im2col_agree_on_the_reference_cnn_conv(dtype, tol):
+    """The reference CNN's 32->64 5x5 convolution runs spectral by default; both paths give the same numbers."""
+    rng = np.random.default_rng(3)
+    layers = [Conv2D(32, 64, 5, padding="same", dtype=dtype, seed=4) for _ in range(2)]
+    layers[1].method = "im2col"
+    x = rng.standard_normal((5, 32, 14, 14)).astype(dtype)
+    dy = rng.standard_normal((5, 64, 14, 14)).astype(dtype)
+    for layer in layers:
+        layer.params["b"][...] = np.arange(64) / 64
+    (y, y_ref), (dx, dx_ref) = [layer.forward(x) for layer in layers], [layer.backward(dy) for layer in layers]
+    assert len(layers[0]._cache) == 5 and y.dtype == dx.dtype == layers[0].grads["W"].dtype == dtype
+    scale = lambda a: tol * np.abs(a).max()  # noqa: E731
+    np.testing.assert_allclose(y, y_ref, atol=scale(y_ref))
+    np.testing.assert_allclose(dx, dx_ref, atol=scale(dx_ref))
+    for name in ("W", "b"):
+        g, g_ref = layers[0].grads[name], layers[1].grads[name]
+        np.testing.assert_allclose(g, g_ref, atol=scale(g_ref))
+    assert Conv2D(1, 32, 5, padding="same").spectrum((28, 28), (2, 2, 2, 2)) is None  # one input channel: im2col
+
+
 @pytest.mark.parametrize("n", [9, 10])
 def test_same_padding_output_is_ceil_of_input_over_stride(n):
     for stride in (1, 2, 3):

@@ -46,6 +46,15 @@ def test_conv2d(cfg):
     check_layer(built(Conv2D(2, 3, **cfg), (2, 7, 6)), randn(2, 2, 7, 6))
 
 
+@pytest.mark.parametrize("cfg", [c for c in CONVS if c.get("stride", 1) == 1] + [
+    dict(kernel_size=3, padding=3), dict(kernel_size=7, padding=3)], ids=str)  # frames smaller than the kernel
+def test_conv2d_spectral(cfg):
+    layer = built(Conv2D(2, 3, **cfg), (2, 7, 6))
+    layer.method = "spectral"
+    check_layer(layer, randn(2, 2, 7, 6))
+    assert len(layer._cache) == 5  # the spectral path ran
+
+
 def test_conv2d_without_bias_and_inferred_channels():
     layer = built(Conv2D(None, 2, 3, padding=1, bias=False), (3, 5, 5))
     assert layer.in_channels == 3 and "b" not in layer.params
