@@ -151,3 +151,18 @@ def test_conv2d_alternating_training_and_evaluation_layouts():
     expected = reference_conv2d(x, layer.params["W"], layer.params["b"], (1, 1), (1, 1, 1, 1))
     for training in (False, True, False):
         np.testing.assert_allclose(layer.forward(x, training=training), expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_max_pool_ties_route_to_the_first_maximum(k):
+    """After a ReLU whole windows tie at 0; the gradient goes to the first one (np.argmax's choice)."""
+    rng = np.random.default_rng(2)
+    x = np.maximum(rng.integers(-3, 3, (2, 3, 2 * k, 3 * k)), 0).astype(np.float32)
+    pool = MaxPool2D(k)
+    y = pool.forward(x)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    windows = x.reshape(2, 3, 2, k, 3, k).transpose(0, 1, 2, 4, 3, 5).reshape(2, 3, 2, 3, k * k)
+    onehot = np.arange(k * k) == windows.argmax(axis=-1)[..., None]
+    expected = (onehot * dy[..., None]).reshape(2, 3, 2, 3, k, k).transpose(0, 1, 2, 4, 3, 5).reshape(x.shape)
+    np.testing.assert_array_equal(y, windows.max(axis=-1))
+    np.testing.assert_array_equal(pool.backward(dy), expected)

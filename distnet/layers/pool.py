@@ -68,25 +68,19 @@ class MaxPool2D(_Pool2D):
         out_hw = self.out_hw(x.shape[2:])
         views = self.offsets(x, out_hw)
         y = np.array(next(views)[1])
-        for _, view in views:
+        first = np.zeros(y.shape, np.min_scalar_type(self.kernel_size[0] * self.kernel_size[1] - 1))
+        for k, view in views:  # ``first``: the offset of the first maximum = the last offset to beat the maximum so far
+            beats = np.greater(view, y)
             np.maximum(y, view, out=y)
-        self._cache = (x, out_hw, y)
+            np.maximum(first, beats.view(np.uint8) * first.dtype.type(k), out=first)
+        self._cache = (x.shape, out_hw, first)
         return y
 
     def backward(self, dy):
-        x, out_hw, y = self._cache
-        taken = np.zeros(y.shape, bool)
-
-        def first_max(k):
-            hit = windows[k] == y
-            hit &= ~taken
-            taken[...] |= hit
-            return dy * hit  # contiguous product, then one strided copy (a cast into a strided out is slow)
-
-        windows = [view for _, view in self.offsets(x, out_hw)]
-        tiled = self.stride == self.kernel_size and x.shape[2:] == tuple(np.multiply(out_hw, self.kernel_size))
-        dx = (np.empty if tiled else np.zeros)(x.shape, dy.dtype)  # every position written when windows tile x
-        return self.route(dx, out_hw, first_max)
+        shape, out_hw, first = self._cache
+        tiled = self.stride == self.kernel_size and shape[2:] == tuple(np.multiply(out_hw, self.kernel_size))
+        dx = (np.empty if tiled else np.zeros)(shape, dy.dtype)  # every position written when windows tile x
+        return self.route(dx, out_hw, lambda k: dy * (first == k))
 
 
 class AvgPool2D(_Pool2D):
