@@ -61,8 +61,11 @@ def test_conv2d_matches_direct_reference(kernel, stride, padding, pads):
     layer.params["b"][...] = rng.standard_normal(4)
     x = rng.standard_normal((2, 3, 9, 8))
     expected = reference_conv2d(x, layer.params["W"], layer.params["b"], layer.stride, pads)
+    layer.method = "im2col"
     np.testing.assert_allclose(layer.forward(x), expected, rtol=1e-10, atol=1e-12)  # CHWN buffers
     np.testing.assert_allclose(layer.forward(x, training=False), expected, rtol=1e-10, atol=1e-12)  # CNHW
+    layer.PER_SAMPLE_GEMM = 0
+    np.testing.assert_allclose(layer.forward(x), expected, rtol=1e-10, atol=1e-12)  # NCHW
 
 
 @pytest.mark.parametrize("kernel,padding,pads", [

@@ -41,9 +41,12 @@ CONVS = [
 ]
 
 
+@pytest.mark.parametrize("per_sample", [False, True], ids=["one-gemm", "per-sample-gemm"])
 @pytest.mark.parametrize("cfg", CONVS, ids=str)
-def test_conv2d(cfg):
-    check_layer(built(Conv2D(2, 3, **cfg), (2, 7, 6)), randn(2, 2, 7, 6))
+def test_conv2d(cfg, per_sample):
+    layer = built(Conv2D(2, 3, **cfg), (2, 7, 6))
+    layer.method, layer.PER_SAMPLE_GEMM = "im2col", 0 if per_sample else 10**9
+    check_layer(layer, randn(2, 2, 7, 6))
 
 
 @pytest.mark.parametrize("cfg", [c for c in CONVS if c.get("stride", 1) == 1] + [

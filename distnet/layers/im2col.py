@@ -1,10 +1,13 @@
 """im2col/col2im for NCHW convolutions, with a channel-first padded buffer that makes the GEMM contiguous.
 
-The padded input is a channel-first buffer in one of two layouts, and the columns are
-``(C, kh, kw, *rest)`` = a ``(C*kh*kw, positions)`` matrix, so the forward GEMM is ``W(O, C*kh*kw) @ cols``.
-- ``CNHW`` (order (1, 0, 2, 3)): cheap to convert from/to NCHW; each copy moves rows of Wo pixels.
-- ``CHWN`` (order (1, 2, 3, 0)): batch innermost, so a window row is Wo*N contiguous values and col2im's adds
-  run ~2x faster; the NCHW<->CHWN transposes cost more, so it pays only where col2im runs.
+The padded input is a buffer in one of three layouts; the columns have that layout with the kernel axes
+(kh, kw) inserted after the channel axis.
+- ``NCHW`` (order (0, 1, 2, 3)): columns ``(N, C, kh, kw, Ho, Wo)``, one GEMM per sample
+  ``W(O, C*kh*kw) @ cols[n]``; no transposes at all, good when Ho*Wo is large enough for efficient GEMMs.
+- ``CNHW`` (order (1, 0, 2, 3)): columns ``(C, kh, kw, N, Ho, Wo)`` = a ``(C*kh*kw, positions)`` matrix, so the
+  forward is one big GEMM; cheap to convert from/to NCHW; each copy moves rows of Wo pixels.
+- ``CHWN`` (order (1, 2, 3, 0)): as CNHW with the batch innermost, so a window row is Wo*N contiguous values and
+  col2im's adds run ~2x faster; the NCHW<->CHWN transposes cost more, so it pays only where col2im runs.
 The only Python loops run over the kh*kw kernel offsets.
 """
 
@@ -52,6 +55,7 @@ def conv_output_size(size, kernel, stride, pads):
     return ho, wo
 
 
+NCHW = (0, 1, 2, 3)
 CNHW = (1, 0, 2, 3)
 CHWN = (1, 2, 3, 0)
 
@@ -86,26 +90,34 @@ def windows(xp, i, j, out_hw, stride, order=CNHW):
     return xp[tuple(index)]
 
 
-def _out_hw(cols, order):
-    return cols.shape[order.index(2) + 2], cols.shape[order.index(3) + 2]
+def cols_shape(n, c, kernel, out_hw, order):
+    """Shape of the columns: layout ``order`` of (N, C, Ho, Wo), the kernel axes (kh, kw) right after C."""
+    shape, at = layout_shape(n, c, *out_hw, order), order.index(1) + 1
+    return shape[:at] + tuple(kernel) + shape[at:]
+
+
+def _offsets(cols, order):
+    """(index of cols at kernel offset (i, j), i, j) for every offset, and (Ho, Wo)."""
+    at = order.index(1) + 1
+    kh, kw = cols.shape[at:at + 2]
+    out_hw = cols.shape[order.index(2) + 2], cols.shape[order.index(3) + 2]
+    return [((slice(None),) * at + (i, j), i, j) for i in range(kh) for j in range(kw)], out_hw
 
 
 def im2col(xp, cols, stride, order=CNHW):
-    """Fill ``cols`` (C, kh, kw, *rest) from the padded buffer ``xp`` of layout ``order``."""
-    kh, kw, out_hw = cols.shape[1], cols.shape[2], _out_hw(cols, order)
-    for i in range(kh):
-        for j in range(kw):
-            cols[:, i, j] = windows(xp, i, j, out_hw, stride, order)
+    """Fill ``cols`` (see ``cols_shape``) from the padded buffer ``xp`` of layout ``order``."""
+    offsets, out_hw = _offsets(cols, order)
+    for index, i, j in offsets:
+        cols[index] = windows(xp, i, j, out_hw, stride, order)
 
 
 def col2im(cols, xp, stride, order=CNHW):
-    """Sum the columns ``cols`` (C, kh, kw, *rest) back into the padded buffer ``xp`` (overwritten)."""
-    kh, kw, out_hw = cols.shape[1], cols.shape[2], _out_hw(cols, order)
+    """Sum the columns ``cols`` (see ``cols_shape``) back into the padded buffer ``xp`` (overwritten)."""
+    offsets, out_hw = _offsets(cols, order)
     xp.fill(0)
-    for i in range(kh):
-        for j in range(kw):
-            view = windows(xp, i, j, out_hw, stride, order)
-            np.add(view, cols[:, i, j], out=view)
+    for index, i, j in offsets:
+        view = windows(xp, i, j, out_hw, stride, order)
+        np.add(view, cols[index], out=view)
 
 
 class Scratch:
