@@ -29,8 +29,12 @@ def softmax(x, axis=-1):
 class ReLU(Layer):
     """max(x, 0); the derivative at exactly 0 is taken as 1 (the lectures' convention)."""
 
+    _mask = None
+
     def forward(self, x, training=True):
-        self._mask = x >= 0
+        if self._mask is None or self._mask.shape != x.shape:  # reused: a fresh one costs page faults every step
+            self._mask = np.empty(x.shape, bool)
+        np.greater_equal(x, 0, out=self._mask)
         return np.maximum(x, 0)
 
     def backward(self, dy):

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from .base import Layer
-from .im2col import pair
+from .im2col import Scratch, pair
 
 
 class _Pool2D(Layer):
@@ -64,15 +64,22 @@ class _Pool2D(Layer):
 class MaxPool2D(_Pool2D):
     """Maximum over each window; the gradient goes to the first maximum of the window (ties after ReLU)."""
 
+    def __init__(self, kernel_size, stride=None):
+        super().__init__(kernel_size, stride)
+        self.scratch = Scratch()  # private work arrays, reused: fresh ones cost page faults every step
+
     def forward(self, x, training=True):
         out_hw = self.out_hw(x.shape[2:])
         views = self.offsets(x, out_hw)
         y = np.array(next(views)[1])
-        first = np.zeros(y.shape, np.min_scalar_type(self.kernel_size[0] * self.kernel_size[1] - 1))
-        for k, view in views:  # ``first``: the offset of the first maximum = the last offset to beat the maximum so far
-            beats = np.greater(view, y)
+        index = np.min_scalar_type(self.kernel_size[0] * self.kernel_size[1] - 1)
+        first = self.scratch.get("first", y.shape, index)  # the offset of each window's first maximum
+        first.fill(0)
+        beats, code = self.scratch.get("beats", y.shape, bool), self.scratch.get("code", y.shape, index)
+        for k, view in views:  # the first maximum is the last offset to beat the maximum so far (k grows)
+            np.greater(view, y, out=beats)
             np.maximum(y, view, out=y)
-            np.maximum(first, beats.view(np.uint8) * first.dtype.type(k), out=first)
+            np.maximum(first, np.multiply(beats, index.type(k), out=code), out=first)
         self._cache = (x.shape, out_hw, first)
         return y
 
@@ -80,7 +87,14 @@ class MaxPool2D(_Pool2D):
         shape, out_hw, first = self._cache
         tiled = self.stride == self.kernel_size and shape[2:] == tuple(np.multiply(out_hw, self.kernel_size))
         dx = (np.empty if tiled else np.zeros)(shape, dy.dtype)  # every position written when windows tile x
-        return self.route(dx, out_hw, lambda k: dy * (first == k))
+        hit = self.scratch.get("beats", first.shape, bool)
+        for k, view in self.offsets(dx, out_hw):
+            np.equal(first, k, out=hit)
+            if self.overlapping:
+                view += dy * hit
+            else:
+                np.multiply(dy, hit, out=view)
+        return dx
 
 
 class AvgPool2D(_Pool2D):
