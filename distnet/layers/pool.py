@@ -76,9 +76,11 @@ class MaxPool2D(_Pool2D):
         first = self.scratch.get("first", y.shape, index)  # the offset of each window's first maximum
         first.fill(0)
         beats, code = self.scratch.get("beats", y.shape, bool), self.scratch.get("code", y.shape, index)
+        window = self.scratch.get("window", y.shape, y.dtype)
         for k, view in views:  # the first maximum is the last offset to beat the maximum so far (k grows)
-            np.greater(view, y, out=beats)
-            np.maximum(y, view, out=y)
+            np.copyto(window, view)  # one strided copy: ufuncs on strided views run ~4x slower (no SIMD)
+            np.greater(window, y, out=beats)
+            np.maximum(y, window, out=y)
             np.maximum(first, np.multiply(beats, index.type(k), out=code), out=first)
         self._cache = (x.shape, out_hw, first)
         return y
