@@ -4,9 +4,11 @@ Each layer's forward and backward are timed inside a real forward/backward pass 
 and scratch buffers behave as in training), on one BLAS thread (the per-rank setting; set in-process with
 ``bench.step.set_blas_threads``). Achieved GFLOP/s use the layers' ``flops``: forward = ``flops x batch``,
 backward = twice that (weight and input gradients), less the first layer's input gradient, which training
-skips (as in ``bench step``). The yardstick is the MEASURED matrix-multiply rate of this machine: a
+skips (as in ``bench step``). ``flops`` counts a direct convolution, so a Conv2D that runs spectral (fewer
+multiplies) shows an effective rate that can pass the peak. The yardstick is the MEASURED matrix-multiply rate of this machine: a
 1024x1024 float32 ``np.matmul`` (best of several), and, per GEMM layer, the bare ``np.matmul`` calls of the
-layer's own shapes ("GEMM ms": what the layer would cost if im2col, bias, layout and Python were free).
+layer's own shapes ("GEMM ms": what the layer would cost if im2col, bias, layout and Python were free;
+none for a spectral Conv2D, whose row names its method).
 
 Under mpiexec every rank measures at the same time (as ranks compute in data-parallel training); rank 0
 prints its own table and one line per rank with its peak and total.
@@ -59,21 +61,37 @@ def build(name, dtype):
     return C.build_model(cfg, shape), C.build_loss(cfg), shape
 
 
+def conv_method(layer, in_shape):
+    """How Conv2D computes for this input: "spectral", "im2col per sample" or "im2col" (as the layer decides)."""
+    c, h, w = in_shape
+    pads, (ho, wo) = layer.geometry((h, w))
+    spectrum = getattr(layer, "spectrum", None)
+    if spectrum is not None and spectrum((h, w), pads) is not None:
+        return "spectral"
+    return "im2col per sample" if ho * wo >= getattr(layer, "PER_SAMPLE_GEMM", float("inf")) else "im2col"
+
+
 def gemm_shapes(layer, in_shape, batch):
-    """The layer's matrix products as (phase, m, k, n, trans_a, trans_b), oriented as the layer calls them."""
+    """The layer's matrix products as (phase, m, k, n, trans_a, trans_b, count), oriented as the layer calls
+    them (``count`` products of that shape); [] where the layer has none to compare with (spectral Conv2D)."""
     if isinstance(layer, Dense):
         i, o = layer.in_features, layer.out_features
-        out = [("forward", batch, i, o, False, False), ("backward", i, batch, o, True, False)]
+        out = [("forward", batch, i, o, False, False, 1), ("backward", i, batch, o, True, False, 1)]
         if layer.needs_dx:
-            out.append(("backward", batch, o, i, False, True))
+            out.append(("backward", batch, o, i, False, True, 1))
         return out
     if isinstance(layer, Conv2D):
+        method = conv_method(layer, in_shape)
+        if method == "spectral":
+            return []
         c, h, w = in_shape
         ho, wo = layer.spatial_output((h, w))
-        o, k, m = layer.out_channels, c * layer.kernel_size[0] * layer.kernel_size[1], batch * ho * wo
-        out = [("forward", o, k, m, False, False), ("backward", o, m, k, False, True)]
+        o, k, m = layer.out_channels, c * layer.kernel_size[0] * layer.kernel_size[1], ho * wo
+        count = batch if method == "im2col per sample" else 1
+        m = m if count > 1 else batch * m
+        out = [("forward", o, k, m, False, False, count), ("backward", o, m, k, False, True, count)]
         if layer.needs_dx:
-            out.append(("backward", k, o, m, True, False))
+            out.append(("backward", k, o, m, True, False, count))
         return out
     return []
 
@@ -137,11 +155,14 @@ def measure(name, batch, dtype, repeats, warmup, gemm=True):
         if gemm:
             shapes = gemm_shapes(layer, model.shapes[i], batch)
             if shapes:
-                secs = [(ph, matmul_seconds(m, k, n, dtype, trans_a=ta, trans_b=tb)) for ph, m, k, n, ta, tb in shapes]
-                row["gemms"] = [{"phase": ph, "m": m, "k": k, "n": n, "trans_a": ta, "trans_b": tb}
-                                for ph, m, k, n, ta, tb in shapes]
+                secs = [(ph, count * matmul_seconds(m, k, n, dtype, trans_a=ta, trans_b=tb))
+                        for ph, m, k, n, ta, tb, count in shapes]
+                row["gemms"] = [{"phase": ph, "m": m, "k": k, "n": n, "trans_a": ta, "trans_b": tb, "count": count}
+                                for ph, m, k, n, ta, tb, count in shapes]
                 row["gemm_forward_ms"] = 1e3 * sum(s for ph, s in secs if ph == "forward")
                 row["gemm_backward_ms"] = 1e3 * sum(s for ph, s in secs if ph == "backward")
+        if isinstance(layer, Conv2D):
+            row["method"] = conv_method(layer, model.shapes[i])
         rows.append(row)
     total = {"forward_ms": sum(r["forward_ms"] for r in rows), "backward_ms": sum(r["backward_ms"] for r in rows),
              "loss_ms": 1e3 * statistics.median(lss), "forward_flops": sum(r["forward_flops"] for r in rows),
@@ -156,6 +177,8 @@ def measure(name, batch, dtype, repeats, warmup, gemm=True):
         for ph in ("forward", "backward"):
             total[f"gemm_{ph}_ms"] = sum(r.get(f"gemm_{ph}_ms", 0) for r in rows)
         total["gemm_ms"] = total["gemm_forward_ms"] + total["gemm_backward_ms"]
+        if any(r.get("method") == "spectral" for r in rows):  # no GEMM floor for it: no floor for the total
+            total.update(gemm_forward_ms=None, gemm_backward_ms=None, gemm_ms=None)
     return {"model": name, "batch": batch, "dtype": dtype.name, "params": model.num_params,
             "repeats": repeats, "warmup": warmup, "peak_size": PEAK_SIZE, "peak_gflops": peak,
             "peak_gflops_dtype": peak_dtype, "layers": rows, "total": total}
@@ -173,7 +196,8 @@ def print_table(r, ranks):
     print(f"{r['model']}, batch {r['batch']}, {dt}, {r['params']:,} params, 1 BLAS thread; median of "
           f"{r['repeats']} passes after {r['warmup']} warm-up")
     print(f"measured matmul peak ({r['peak_size']}x{r['peak_size']}, best of 7): {peak_text}")
-    w = max(24, max(len(row["layer"]) for row in r["layers"]))
+    label = {row["index"]: row["layer"] + (f" [{row['method']}]" if "method" in row else "") for row in r["layers"]}
+    w = max(24, max(len(v) for v in label.values()))
     gemm = "gemm_ms" in r["total"]
 
     def cols(ms, gemm_ms, gflops, pct):
@@ -184,7 +208,7 @@ def print_table(r, ranks):
     print(f"{'#':>2} {'layer':<{w}} {'fwd ms':>8}{g} {'GFLOP/s':>8} {'%peak':>6} {'bwd ms':>8}{g} {'GFLOP/s':>8} "
           f"{'%peak':>6}")
     for row in r["layers"]:
-        print(f"{row['index']:>2} {row['layer']:<{w}}"
+        print(f"{row['index']:>2} {label[row['index']]:<{w}}"
               + cols(row["forward_ms"], row.get("gemm_forward_ms"), row["forward_gflops"], row["forward_pct_peak"])
               + cols(row["backward_ms"], row.get("gemm_backward_ms"), row["backward_gflops"],
                      row["backward_pct_peak"]))
@@ -195,8 +219,9 @@ def print_table(r, ranks):
           + cols(t["backward_ms"], t.get("gemm_backward_ms"), t["backward_gflops"], t["backward_pct_peak"]))
     print(f"forward + loss + backward: {t['ms']:.2f} ms, {_f(t['gflops'], '.1f')} GFLOP/s = "
           f"{_f(t['pct_peak'], '.0f')}% of the measured peak")
-    print("(backward flops = 2 x forward, less the first layer's skipped input gradient; pooling 'flops' are\n"
-          " comparisons; GEMM ms = the layer's own np.matmul shapes timed bare, best of 5: the layer's floor)")
+    print("(flops are the layers' own count: direct convolution, so a spectral Conv2D can pass 100%; backward =\n"
+          " 2 x forward, less the first layer's skipped input gradient; pooling 'flops' are comparisons;\n"
+          " GEMM ms = the np.matmul calls of the layer's own shapes timed bare, best of 5: its im2col/dense floor)")
     if len(ranks) > 1:
         print(f"table from rank 0; all {len(ranks)} ranks measured at once:")
         for i, q in enumerate(ranks):
