@@ -5,10 +5,10 @@ and scratch buffers behave as in training), on one BLAS thread (the per-rank set
 ``bench.step.set_blas_threads``). Achieved GFLOP/s use the layers' ``flops``: forward = ``flops x batch``,
 backward = twice that (weight and input gradients), less the first layer's input gradient, which training
 skips (as in ``bench step``). ``flops`` counts a direct convolution, so a Conv2D that runs spectral (fewer
-multiplies) shows an effective rate that can pass the peak. The yardstick is the MEASURED matrix-multiply rate of this machine: a
-1024x1024 float32 ``np.matmul`` (best of several), and, per GEMM layer, the bare ``np.matmul`` calls of the
-layer's own shapes ("GEMM ms": what the layer would cost if im2col, bias, layout and Python were free;
-none for a spectral Conv2D, whose row names its method).
+multiplies) shows an effective rate that can pass the peak. The yardstick is the MEASURED matrix-multiply
+rate of this machine: a 1024x1024 float32 ``np.matmul`` (best of several), and, per GEMM layer, the bare
+``np.matmul`` calls of the layer's own shapes ("GEMM ms": what the layer would cost if im2col, bias, layout
+and Python were free; none for a spectral Conv2D, whose row names its method).
 
 Under mpiexec every rank measures at the same time (as ranks compute in data-parallel training); rank 0
 prints its own table and one line per rank with its peak and total.
