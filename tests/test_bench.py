@@ -101,6 +101,9 @@ def test_bench_train_two_ranks_json(spirals_data):
     assert r["samples_per_s"] > 0
     assert r["flat_allreduce_ms"] > 0 and r["grad_bytes"] == 4 * r["params"]
     assert isinstance(r["comm_floor_ok"], bool)
+    assert len(r["per_rank_phases_ms"]) == 2
+    assert r["per_rank_phases_ms"][0]["comm"] == pytest.approx(r["phases_ms"]["comm"], rel=0.05, abs=0.01)
+    assert 0 <= r["comm_last_arrival_ms"] <= min(q["comm"] for q in r["per_rank_phases_ms"]) + 1e-9
     assert r["baseline"]["strong"]["global_batch"] == 64 and r["baseline"]["weak"]["global_batch"] == 32
     for kind in ("strong", "weak"):
         assert r["baseline"][kind]["samples_per_s"] > 0

@@ -5,7 +5,9 @@ It runs the real training loop (``distnet.train.loop.train``, with its ``--profi
 warm-up:
 
 - the mean step split into data wait, forward, backward, exposed communication wait and optimizer (rank
-  0's timer: rank 0's comm wait also absorbs any lateness of the other ranks);
+  0's timer: rank 0's comm wait also absorbs any lateness of the other ranks); from the timer's trace,
+  every rank's phases, and the comm wait of the rank that arrived last at it (min over ranks per step),
+  which waiting for other ranks cannot explain;
 - samples/s (wall time of the measured steps over the global samples they processed);
 - beside the exposed comm wait, one plain blocking MPI_Allreduce of the whole gradient buffer (the
   project floor: exposed wait per step <= half of that allreduce);
@@ -26,6 +28,7 @@ dropped (so is a window that follows an epoch-end evaluation, if the run crosses
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -78,7 +81,7 @@ def load_config(args):
 
 def measured(metrics_path, warmup, global_batch):
     """Per-phase mean ms and samples/s over the metric windows after the warm-up."""
-    steps, seconds, phase_ms, dirty, prev = 0, 0.0, dict.fromkeys(PHASES, 0.0), False, 0
+    steps, seconds, phase_ms, dirty, prev, kept = 0, 0.0, dict.fromkeys(PHASES, 0.0), False, 0, []
     for line in Path(metrics_path).read_text().splitlines():
         rec = json.loads(line)
         if rec["event"] == "eval":
@@ -88,6 +91,7 @@ def measured(metrics_path, warmup, global_batch):
         n, prev = rec["step"] - prev, rec["step"]
         if rec["step"] - n >= warmup and not dirty and n > 0:
             steps += n
+            kept.append((rec["step"] - n, rec["step"]))
             seconds += n * global_batch / float(rec["samples_per_s"])
             for ph in PHASES:
                 phase_ms[ph] += n * float(rec[f"ms_{ph}"])
@@ -96,7 +100,29 @@ def measured(metrics_path, warmup, global_batch):
         raise RuntimeError(f"no measured steps in {metrics_path}: every window was warm-up or held an evaluation")
     phases = {ph: v / steps for ph, v in phase_ms.items()}
     return {"steps_measured": steps, "phases_ms": phases, "step_ms": sum(phases.values()),
-            "wall_ms_per_step": 1e3 * seconds / steps, "samples_per_s": steps * global_batch / seconds}
+            "wall_ms_per_step": 1e3 * seconds / steps, "samples_per_s": steps * global_batch / seconds,
+            "measured_steps": kept}
+
+
+def per_rank(trace_path, kept):
+    """From the step timer's trace (every rank's phases): each rank's mean ms per phase over the measured
+    steps, and the comm wait of the rank that arrived last at it (min over ranks, per step): the wait that
+    waiting for other ranks cannot explain."""
+    events = json.loads(Path(trace_path).read_text())["traceEvents"]
+    wanted = {s for a, b in kept for s in range(a, b)}
+    ranks = sorted({e["pid"] for e in events if e.get("ph") == "X"})
+    sums = {r: dict.fromkeys(PHASES, 0.0) for r in ranks}
+    comm = {}  # step -> rank -> ms
+    for e in events:
+        if e.get("ph") != "X" or e["args"]["step"] not in wanted:
+            continue
+        sums[e["pid"]][e["name"]] += e["dur"] / 1e3
+        if e["name"] == "comm":
+            comm.setdefault(e["args"]["step"], {})[e["pid"]] = e["dur"] / 1e3
+    n = max(len(wanted), 1)
+    full = [c for c in comm.values() if len(c) == len(ranks)]
+    return {"per_rank_phases_ms": [{ph: v / n for ph, v in sums[r].items()} for r in ranks],
+            "comm_last_arrival_ms": sum(min(c.values()) for c in full) / len(full) if full else None}
 
 
 def sleeping_barrier(w, poll_s=0.005):
@@ -140,14 +166,16 @@ def run(args):
             print(f"distnet: error: {e}", file=sys.stderr, flush=True)
         return e.exit_code
     B, p = cfg["train"]["batch_size"], w.size
-    tmp = tempfile.mkdtemp(prefix="distnet-bench-") if w.rank == 0 else None
-    metrics_path = os.path.join(tmp, "metrics.jsonl") if tmp else None
-    opts = dict(data=args.data, metrics=metrics_path, quiet=True, profile=True)
+    tmp = w.bcast(tempfile.mkdtemp(prefix="distnet-bench-") if w.rank == 0 else None)
+    metrics_path, trace_path = os.path.join(tmp, "metrics.jsonl"), os.path.join(tmp, "trace.json")
+    # every rank names the trace (writing it is a collective); only rank 0 writes either file
+    opts = dict(data=args.data, metrics=metrics_path, trace=trace_path, quiet=True, profile=True)
     try:
         train(cfg, opts)  # validates data and config exactly as distnet train does (one-line error, exit 2)
         result = None
         if w.rank == 0:
             result = measured(metrics_path, args.warmup, B)
+            result.update(per_rank(trace_path, result.pop("measured_steps")))
         # -- 1-rank baselines, run by rank 0 while the others sleep ---------------------------------------
         base, base_err = None, None
         if p > 1 and not args.no_baseline:
@@ -171,9 +199,8 @@ def run(args):
     except BaseException as e:  # noqa: BLE001 - one rank failing must end all ranks
         return comm.fail_alone(w, e)
     finally:
-        if tmp:
-            Path(metrics_path).unlink(missing_ok=True)
-            os.rmdir(tmp)
+        if w.rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
     if w.rank != 0:
         return 0
     comm_ms = result["phases_ms"]["comm"]
@@ -182,6 +209,8 @@ def run(args):
                   grad_bytes=int(grads.nbytes), flat_allreduce_ms=None if flat_s is None else 1e3 * flat_s)
     result["comm_vs_flat_allreduce"] = comm_ms / result["flat_allreduce_ms"] if flat_s else None
     result["comm_floor_ok"] = comm_ms <= 0.5 * result["flat_allreduce_ms"] if flat_s else None
+    last = result["comm_last_arrival_ms"]
+    result["comm_last_arrival_vs_flat_allreduce"] = last / result["flat_allreduce_ms"] if flat_s and last else None
     if p == 1 and not args.no_baseline:
         base = {k: {"global_batch": B, "samples_per_s": result["samples_per_s"], "phases_ms": result["phases_ms"],
                     "step_ms": result["step_ms"], "steps_measured": result["steps_measured"]}
@@ -215,6 +244,15 @@ def print_table(r):
         print(f"one blocking allreduce of the whole gradient buffer ({r['grad_bytes'] / 2**20:.2f} MiB): "
               f"{r['flat_allreduce_ms']:.3f} ms; exposed comm wait {r['phases_ms']['comm']:.3f} ms = "
               f"{r['comm_vs_flat_allreduce']:.2f} x (floor <= 0.5 x: {verdict})")
+    if p > 1:
+        print("every rank's mean ms per phase (from the timer's trace):")
+        print("  rank " + "".join(f"{ph:>10}" for ph in PHASES))
+        for i, q in enumerate(r["per_rank_phases_ms"]):
+            print(f"  {i:>4} " + "".join(f"{q[ph]:>10.3f}" for ph in PHASES))
+        if r["comm_last_arrival_ms"] is not None:
+            print(f"comm wait of the last rank to arrive (min over ranks, mean over steps): "
+                  f"{r['comm_last_arrival_ms']:.3f} ms = {r['comm_last_arrival_vs_flat_allreduce']:.2f} x the flat "
+                  "allreduce (the rest of rank 0's wait is waiting for slower ranks)")
     base = r["baseline"]
     if base is None:
         print("no 1-rank baseline (--no-baseline): no efficiency figures")
