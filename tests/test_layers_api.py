@@ -105,6 +105,36 @@ def test_layers_keep_the_dtype_and_the_inferred_shape(make, shape, dtype):
     assert layer.forward(x, training=False).dtype == dtype
 
 
+def _spectral_conv():
+    layer = Conv2D(None, 8, 3, padding="same")
+    layer.method = "spectral"
+    return layer
+
+
+def _per_sample_conv():
+    layer = Conv2D(None, 4, 3, padding=1)
+    layer.PER_SAMPLE_GEMM = 0
+    return layer
+
+
+@pytest.mark.parametrize("make,shape", LAYER_CASES + [(_spectral_conv, (8, 6, 6)), (_per_sample_conv, (2, 6, 6))],
+                         ids=lambda v: repr(v() if callable(v) else v))
+def test_outputs_are_fresh_arrays(make, shape):
+    """A later call never overwrites an array a layer returned (layers reuse only private work arrays)."""
+    layer = make()
+    layer.build(shape, np.float64, np.random.default_rng(0))
+    rng = np.random.default_rng(1)
+    x1, x2 = rng.standard_normal((2, 3, *shape))
+    y1 = layer.forward(x1)
+    dx1 = layer.backward(np.ones_like(y1))
+    kept = y1.copy(), dx1.copy()
+    y2 = layer.forward(x2)
+    dx2 = layer.backward(2 * np.ones_like(y2))
+    assert not np.shares_memory(y1, y2) and not np.shares_memory(dx1, dx2)
+    np.testing.assert_array_equal(y1, kept[0])
+    np.testing.assert_array_equal(dx1, kept[1])
+
+
 def test_lecture_network_has_13002_parameters_and_a_summary():
     model = Sequential([Dense(None, 16), Sigmoid(), Dense(None, 16), Sigmoid(), Dense(None, 10)], input_shape=(784,))
     assert model.num_params == 13002

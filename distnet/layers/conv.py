@@ -193,7 +193,7 @@ class Conv2D(_ConvBase):
         (kh, kw), o = self.kernel_size, self.out_channels
         sp = self.spectrum((h, w), pads)
         if sp is not None:
-            return self._forward_spectral(sp, x, pads, (ho, wo))
+            return self.hold("y", self._forward_spectral(sp, x, pads, (ho, wo)))
         if ho * wo >= self.PER_SAMPLE_GEMM:
             order = NCHW
         else:
@@ -210,12 +210,12 @@ class Conv2D(_ConvBase):
             y = np.matmul(w2, cols.reshape(n, c * kh * kw, ho * wo))
             if self.bias:
                 y += self.params["b"][:, None]
-            return y.reshape(n, o, ho, wo)
+            return self.hold("y", y.reshape(n, o, ho, wo))
         y = self.scratch.get("y", layout_shape(n, o, ho, wo, order), self.dtype)
         np.matmul(w2, cols.reshape(c * kh * kw, -1), out=y.reshape(o, -1))
         if self.bias:
             y.reshape(o, -1)[...] += self.params["b"][:, None]
-        return np.ascontiguousarray(to_nchw(y, order))
+        return self.hold("y", np.ascontiguousarray(to_nchw(y, order)))
 
     def _forward_spectral(self, sp, x, pads, out_hw):
         """Per frequency f: Y_f (N, O) = X_f (N, C) @ conj(W_f)^T, the cross-correlation theorem."""
@@ -249,7 +249,7 @@ class Conv2D(_ConvBase):
 
     def backward(self, dy):
         if len(self._cache) == 5:
-            return self._backward_spectral(dy)
+            return self.hold("dx", self._backward_spectral(dy))
         (n, c, h, w), pads, cols, order = self._cache
         o, k = self.out_channels, c * self.kernel_size[0] * self.kernel_size[1]
         w2 = self.params["W"].reshape(o, k)
@@ -275,7 +275,7 @@ class Conv2D(_ConvBase):
         hp, wp = h + pads[0] + pads[1], w + pads[2] + pads[3]
         dxp = self.scratch.get("dxp", layout_shape(n, c, hp, wp, order), self.dtype)
         col2im(dcols, dxp, self.stride, order)
-        return unpad(dxp, pads[0], pads[2], h, w, order)
+        return self.hold("dx", unpad(dxp, pads[0], pads[2], h, w, order))
 
     def flops(self, input_shape=None):
         c, h, w = input_shape or self.input_shape
@@ -324,7 +324,7 @@ class ConvTranspose2D(_ConvBase):
         if self.bias:
             y += self.params["b"][:, None, None]
         self._cache = (x.shape, x2)
-        return y
+        return self.hold("y", y)
 
     def backward(self, dy):
         (n, ci, h, w), x2 = self._cache
@@ -340,7 +340,7 @@ class ConvTranspose2D(_ConvBase):
         if not self.needs_dx:
             return None
         dx2 = self.params["W"].reshape(ci, -1) @ cols2
-        return np.ascontiguousarray(dx2.reshape(ci, n, h, w).transpose(1, 0, 2, 3))
+        return self.hold("dx", np.ascontiguousarray(dx2.reshape(ci, n, h, w).transpose(1, 0, 2, 3)))
 
     def flops(self, input_shape=None):
         c, h, w = input_shape or self.input_shape

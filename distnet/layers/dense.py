@@ -48,7 +48,7 @@ class Dense(Layer):
         y = x @ self.params["W"]
         if self.bias:
             y += self.params["b"]
-        return y
+        return self.hold("y", y)
 
     # (row blocks [(lo, hi), ...], done(lo, hi)) or None: set by comm.GradSync around a synchronized
     # backward so that each block of dW's rows can be sent while the next is computed.
@@ -65,7 +65,7 @@ class Dense(Layer):
             for lo, hi in blocks:
                 np.matmul(self._x[:, lo:hi].T, dy, out=gW[lo:hi])
                 done(lo, hi)
-        return dy @ self.params["W"].T if self.needs_dx else None
+        return self.hold("dx", dy @ self.params["W"].T) if self.needs_dx else None
 
     def flops(self, input_shape=None):
         return 2 * self.in_features * self.out_features

@@ -83,7 +83,7 @@ class MaxPool2D(_Pool2D):
             np.maximum(y, window, out=y)
             np.maximum(first, np.multiply(beats, index.type(k), out=code), out=first)
         self._cache = (x.shape, out_hw, first)
-        return y
+        return self.hold("y", y)
 
     def backward(self, dy):
         shape, out_hw, first = self._cache
@@ -96,7 +96,7 @@ class MaxPool2D(_Pool2D):
                 view += dy * hit
             else:
                 np.multiply(dy, hit, out=view)
-        return dx
+        return self.hold("dx", dx)
 
 
 class AvgPool2D(_Pool2D):
@@ -111,9 +111,9 @@ class AvgPool2D(_Pool2D):
             y += view
         y *= 1.0 / (self.kernel_size[0] * self.kernel_size[1])
         self._shape = x.shape
-        return y
+        return self.hold("y", y)
 
     def backward(self, dy):
         out_hw = dy.shape[2:]
         share = dy * (1.0 / (self.kernel_size[0] * self.kernel_size[1]))
-        return self.route(np.zeros(self._shape, dy.dtype), out_hw, lambda k: share)
+        return self.hold("dx", self.route(np.zeros(self._shape, dy.dtype), out_hw, lambda k: share))
