@@ -79,17 +79,26 @@ class Sequential(Layer):
         return x
 
     def backward(self, dy, on_layer_done=None):
-        """Backpropagate ``dy``; ``on_layer_done(i)`` is called as soon as layer i's gradients are final."""
-        for i in range(len(self.layers) - 1, -1, -1):
+        """Backpropagate ``dy``; ``on_layer_done(i)`` is called as soon as layer i's gradients are final.
+
+        After ``skip_input_grad()`` it stops at the first layer with parameters and returns None.
+        """
+        for i in range(len(self.layers) - 1, self._backward_stop - 1, -1):
             dy = self.layers[i].backward(dy)
             if on_layer_done is not None:
                 on_layer_done(i)
-        return dy
+        return dy if self._backward_stop == 0 else None
+
+    _backward_stop = 0  # backward runs layers[_backward_stop:] (in reverse)
 
     def skip_input_grad(self, skip=True):
-        """Let the first layer skip computing d(input) when nothing consumes it (training a whole model)."""
-        if self.layers:
-            self.layers[0].needs_dx = not skip
+        """Skip what only d(input) needs when nothing consumes it (training a whole model): the layers in
+        front of the first layer with parameters (Flatten, input Dropout) do not run backward at all, and
+        that layer computes its parameter gradients but not d(its input)."""
+        first = next((i for i, layer in enumerate(self.layers) if layer.params), None)
+        for i, layer in enumerate(self.layers):
+            layer.needs_dx = not (skip and first is not None and i <= first)
+        self._backward_stop = first if skip and first is not None else 0
 
     def reseed(self, rng):
         for layer in self.layers:
