@@ -173,6 +173,25 @@ def test_sequential_gradients_land_in_the_arena():
     assert rel_error(analytic, numeric) < 1e-6
 
 
+def test_reference_cnn_gradients_with_the_default_conv_paths():
+    """The bench CNN's layer pattern, small: the paths chosen by default (im2col per sample for one input channel,
+    spectral for 8 -> 8) give the model's gradients, the skipped first input gradient included."""
+    model = Sequential([Conv2D(None, 8, 5, padding="same"), ReLU(), MaxPool2D(2), Conv2D(None, 8, 5, padding="same"),
+                        ReLU(), MaxPool2D(2), Flatten(), Dense(None, 6), ReLU(), Dense(None, 3)],
+                       input_shape=(1, 16, 16), dtype=np.float64, seed=5)
+    conv1, conv2 = model.layers[0], model.layers[3]
+    assert conv1.spectrum((16, 16), (2, 2, 2, 2)) is None and conv2.spectrum((8, 8), (2, 2, 2, 2)) is not None
+    model.skip_input_grad()
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((3, 1, 16, 16)), rng.integers(0, 3, 3)
+    loss = SoftmaxCrossEntropy()
+    loss.forward(model.forward(x), y)
+    assert model.backward(loss.backward()) is None
+    analytic = model.grads_flat.copy()
+    numeric = numeric_grad(lambda: loss.forward(model.forward(x), y), model.params_flat)
+    assert rel_error(analytic, numeric) < 1e-6
+
+
 def test_build_is_deterministic_from_the_rng():
     make = lambda: Sequential([Conv2D(None, 4, 3), Flatten(), Dense(None, 3)], input_shape=(1, 5, 5), seed=11)  # noqa
     np.testing.assert_array_equal(make().params_flat, make().params_flat)
