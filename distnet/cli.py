@@ -16,21 +16,25 @@ COMMANDS = {
 }
 
 
-def build_parser():
+def build_parser(argv=()):
+    """The parser; only the command named in ARGV is imported (a broken or slow module elsewhere, e.g. an
+    optional benchmark, cannot stop ``distnet train``, and start-up under many ranks stays short)."""
     parser = argparse.ArgumentParser(prog="distnet", description="Data-parallel NumPy training over MPI.")
     parser.add_argument("--version", action="version", version=f"distnet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    chosen = next((a for a in argv if not a.startswith("-")), None)
     for name, (module, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
-        mod = importlib.import_module(module)
-        mod.add_arguments(p)
-        p.set_defaults(_run=mod.run)
+        if name == chosen:
+            mod = importlib.import_module(module)
+            mod.add_arguments(p)
+            p.set_defaults(_run=mod.run)
     return parser
 
 
 def main(argv=None):
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    args = build_parser(argv).parse_args(argv)
     try:
         code = args._run(args)
     except UserError as e:

@@ -37,6 +37,10 @@ class SerialWorld:
     def allreduce_max(self, value):
         return value
 
+    def local_size(self):
+        """How many ranks share this machine."""
+        return 1
+
     def allgather(self, obj):
         return [obj]
 
@@ -85,6 +89,14 @@ class MPIWorld(SerialWorld):
 
     def allreduce_max(self, value):
         return self.comm.allreduce(value, op=self.MPI.MAX) if self.size > 1 else value
+
+    def local_size(self):
+        """How many ranks share this machine (collective: every rank must call it)."""
+        node = self.comm.Split_type(self.MPI.COMM_TYPE_SHARED)
+        try:
+            return node.Get_size()
+        finally:
+            node.Free()
 
     def allgather(self, obj):
         return self.comm.allgather(obj)

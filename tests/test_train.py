@@ -7,6 +7,8 @@ import h5py
 import numpy as np
 import pytest
 
+from distnet.blas import THREAD_VARS, threads_per_rank
+
 from .conftest import run_distnet
 
 pytestmark = pytest.mark.mpi
@@ -192,3 +194,14 @@ def test_fashion_mlp_reaches_88_percent_on_two_ranks(tmp_path, fashion_data):
     test_acc = [m["accuracy"] for m in lines if m["event"] == "eval" and m["split"] == "test"]
     assert len(test_acc) == 5
     assert test_acc[-1] >= 0.88, test_acc
+
+
+def test_blas_threads_split_the_cores_unless_the_user_sets_them(spirals_data):
+    args = ["train", "spirals-mlp", "--data", spirals_data, "--set", "train.max_steps=2"]
+    r = run_distnet(args, n=2, env={v: "" for v in THREAD_VARS}, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert f"2 rank(s) x {threads_per_rank(2)} BLAS thread(s)" in r.stdout + r.stderr
+    assert "no evaluation ran" in r.stdout + r.stderr
+    r = run_distnet(args, n=2, env={"OPENBLAS_NUM_THREADS": "3"}, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "2 rank(s) x 3 BLAS thread(s)" in r.stdout + r.stderr

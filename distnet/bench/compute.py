@@ -2,7 +2,7 @@
 
 Each layer's forward and backward are timed inside a real forward/backward pass of the model (so caches
 and scratch buffers behave as in training), on one BLAS thread (the per-rank setting; set in-process with
-``bench.step.set_blas_threads``). Achieved GFLOP/s use the layers' ``flops``: forward = ``flops x batch``,
+``distnet.blas.set_blas_threads``). Achieved GFLOP/s use the layers' ``flops``: forward = ``flops x batch``,
 backward = twice that (weight and input gradients), less the first layer's input gradient, which training
 skips (as in ``bench step``). ``flops`` counts a direct convolution, so a Conv2D that runs spectral (fewer
 multiplies) shows an effective rate that can pass the peak. The yardstick is the MEASURED matrix-multiply
@@ -28,7 +28,8 @@ from ..layers import Conv2D, Dense
 from ..losses import SoftmaxCrossEntropy
 from ..model import Sequential
 from .peak import matmul_seconds, sgemm_peak
-from .step import cnn, mlp, set_blas_threads
+from ..blas import set_blas_threads
+from .step import cnn, mlp
 
 PEAK_SIZE = 1024
 

@@ -2,7 +2,7 @@
 
 ``matmul_seconds`` times one ``np.matmul`` of a given shape (best of several samples, each long enough
 for the timer to resolve); ``sgemm_peak`` is the float32 square-GEMM rate at whatever BLAS thread count
-the process has (``distnet.bench.step.set_blas_threads`` sets it). A measured peak, not a datasheet one:
+the process has (``distnet.blas.set_blas_threads`` sets it). A measured peak, not a datasheet one:
 on a shared machine it is only as good as the quietest of its samples, which is why the best is kept.
 """
 

@@ -14,7 +14,6 @@ machine's GEMM peak is possible: the spectral Conv2D path does fewer operations 
     distnet bench step --naive          # the issue's naive-NumPy reference points, beside our layers
 """
 
-import ctypes
 import json
 import os
 import statistics
@@ -22,13 +21,11 @@ import time
 
 import numpy as np
 
+from ..blas import set_blas_threads
 from ..layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
 from ..losses import SoftmaxCrossEntropy
 from ..model import Sequential
 from ..optim import Adam
-
-THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
-
 
 def add_arguments(parser):
     parser.add_argument("--model", choices=["mlp", "cnn", "both"], default="both")
@@ -39,39 +36,6 @@ def add_arguments(parser):
     parser.add_argument("--threads", type=int, default=1, help="BLAS threads (default 1, as one rank)")
     parser.add_argument("--naive", action="store_true", help="also time the naive NumPy reference points")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-
-
-def _openblas_libraries():
-    """Paths of the OpenBLAS libraries mapped into this process."""
-    with open("/proc/self/maps") as f:
-        paths = {line.split()[-1] for line in f if "openblas" in line.lower() and "/" in line}
-    return sorted(paths)
-
-
-def set_blas_threads(n):
-    """Limit BLAS to ``n`` threads in this process; return the count BLAS reports (None if unknown)."""
-    for var in THREAD_VARS:
-        os.environ[var] = str(n)  # for any child process
-    try:
-        from threadpoolctl import threadpool_limits
-        threadpool_limits(n)
-    except ImportError:
-        pass
-    reported = None
-    for path in _openblas_libraries():
-        lib = ctypes.CDLL(path)
-        for prefix in ("scipy_openblas", "openblas"):
-            for suffix in ("64_", "_64_", ""):
-                setter = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
-                getter = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
-                if setter is not None and getter is not None:
-                    setter(ctypes.c_int(n))
-                    reported = int(getter())
-                    break
-            else:
-                continue
-            break
-    return reported
 
 
 def mlp():

@@ -42,7 +42,7 @@ from .. import config as C
 from ..errors import UserError
 from ..train.profile import PHASES
 from .allreduce import median_time
-from .step import set_blas_threads
+from ..blas import set_blas_threads
 
 # Launcher variables a child must not inherit: with them it could try to join this MPI job.
 _LAUNCHER_PREFIXES = ("PMI_", "PMIX_", "HYDRA_", "HYDI_", "MPIR_", "OMPI_", "MPI_LOCAL")

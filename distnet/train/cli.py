@@ -2,7 +2,7 @@
 
 import sys
 
-from .. import comm
+from .. import blas, comm
 from .. import config as C
 from ..errors import UserError
 
@@ -52,7 +52,11 @@ def run(args):
         if w.rank == 0:
             print(C.to_toml(cfg))
         return 0
-    opts = dict(data=args.data, metrics=args.metrics, checkpoint_dir=args.checkpoint_dir, resume=args.resume,
+    # Ranks on one machine must not each start a BLAS thread per core: N ranks x all cores threads run
+    # several times slower than N x cores/N. The user's OPENBLAS/OMP/MKL_NUM_THREADS wins when set.
+    threads = blas.user_threads() or blas.threads_per_rank(w.local_size())
+    blas.set_blas_threads(threads)
+    opts = dict(blas_threads=threads, data=args.data, metrics=args.metrics, checkpoint_dir=args.checkpoint_dir, resume=args.resume,
                 quiet=args.quiet, profile=args.profile, trace=args.trace)
     try:
         train(cfg, opts)

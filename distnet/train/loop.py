@@ -125,7 +125,8 @@ def train(cfg, opts):
     max_steps = tc["max_steps"] or math.inf
     eval_kw = dict(world=w, model=model, loss=loss, batch_size=tc["eval_batch_size"], mode=cfg["data"]["reader"])
     if is_root:
-        progress.line(f"distnet: {p} rank(s), global batch {B} ({B // p} per rank"
+        threads = f" x {opts['blas_threads']} BLAS thread(s)" if opts.get("blas_threads") else ""
+        progress.line(f"distnet: {p} rank(s){threads}, global batch {B} ({B // p} per rank"
                       + (f", {k} micro-steps" if k > 1 else "") + f"), {model.num_params:,} parameters, "
                       f"{steps_per_epoch} steps/epoch, data {data_dir}")
 
@@ -283,7 +284,8 @@ def train(cfg, opts):
     comm.average_buffers(w, model)
     comm.check_replicas(w, model, "at the end")
     wall = time.perf_counter() - t_start
-    summary = dict(wall_s=wall, samples=samples_done, best_accuracy=state["best_metric"], ranks=p,
+    best = state["best_metric"] if state["best_metric"] >= 0 else None  # None: no evaluation ran
+    summary = dict(wall_s=wall, samples=samples_done, best_accuracy=best, ranks=p,
                    global_batch=B, epochs=state["epoch"], steps=state["global_step"], early_stopped=stopped_early,
                    param_hash=model.param_hash()[:16], last_accuracy=last_eval)
     if timer.enabled:
@@ -292,6 +294,6 @@ def train(cfg, opts):
     metrics.write("summary", state["global_step"], **summary)
     metrics.close()
     if is_root and not opts.get("quiet"):
-        print(f"distnet: done in {wall:.1f} s, {state['global_step']} steps, best accuracy "
-              f"{state['best_metric']:.4f}", flush=True)
+        print(f"distnet: done in {wall:.1f} s, {state['global_step']} steps, "
+              + (f"best accuracy {best:.4f}" if best is not None else "no evaluation ran"), flush=True)
     return summary
