@@ -131,13 +131,14 @@ def train(cfg, opts):
                       f"{steps_per_epoch} steps/epoch, data {data_dir}")
 
     def off_the_clock(fn):
-        """Leave FN's time (evaluation, checkpoints) out of the samples/s of the train lines."""
+        """Leave FN's time (evaluation, checkpoints) out of the train lines' samples/s and phases."""
         def timed(*a):
             t = time.perf_counter()
             try:
                 return fn(*a)
             finally:
                 window["t"] += time.perf_counter() - t
+                timer.mark(None)  # nor in the step-time breakdown
         return timed
 
     @off_the_clock
