@@ -33,6 +33,7 @@ class Optimizer:
     """Base class: argument checks, regularized gradient, step counting, state round trip."""
 
     state_names = ()  # names of the arena-sized state buffers, also the state_dict keys
+    reads_gradient_only = False  # True: _update(g, lr) never writes to g, so g may be the gradient itself
 
     def __init__(self, params, grads, lr=0.01, weight_decay=0.0, decay_mask=None, l1=0.0):
         if params.ndim != 1 or grads.shape != params.shape or grads.dtype != params.dtype:
@@ -65,6 +66,8 @@ class Optimizer:
     def _gradient(self):
         """The gradient plus the L2 and L1 terms, in the scratch buffer ``self._g``."""
         g, p = self._g, self.params
+        if self._l2 == 0.0 and self.l1 == 0.0 and self.reads_gradient_only:
+            return self.grads  # nothing to add, and _update will not write to it: skip the copy
         if self._l2 > 0.0:
             np.multiply(p, self._l2, out=g)
             self._mask(g)
@@ -203,6 +206,7 @@ class Adam(Optimizer):
     """
 
     state_names = ("m", "v")
+    reads_gradient_only = True
 
     def __init__(self, params, grads, lr=0.001, weight_decay=0.0, decay_mask=None, l1=0.0, beta1=0.9,
                  beta2=0.999, eps=1e-8):
@@ -212,19 +216,21 @@ class Adam(Optimizer):
         super().__init__(params, grads, lr, weight_decay, decay_mask, l1)
 
     def _update(self, g, lr):
+        # 12 in-place passes over the arena; the bias corrections are folded into eps and the step size:
+        # lr * (m / c1) / (sqrt(v / c2) + eps) = (lr * sqrt(c2) / c1) * m / (sqrt(v) + eps * sqrt(c2))
         m, v, t, k = self.m, self.v, self._t, self.step_count
-        m *= self.beta1
-        np.multiply(g, 1.0 - self.beta1, out=t)
+        c1, root_c2 = 1.0 - self.beta1 ** k, math.sqrt(1.0 - self.beta2 ** k)
+        np.subtract(g, m, out=t)  # m <- m + (1 - b1) (g - m)
+        t *= 1.0 - self.beta1
         m += t
         np.square(g, out=t)
         t *= 1.0 - self.beta2
         v *= self.beta2
         v += t
         np.sqrt(v, out=t)
-        t *= 1.0 / math.sqrt(1.0 - self.beta2 ** k)
-        t += self.eps
+        t += self.eps * root_c2
         np.divide(m, t, out=t)
-        t *= lr / (1.0 - self.beta1 ** k)
+        t *= lr * root_c2 / c1
         self.params -= t
 
 
