@@ -27,7 +27,7 @@ SCHEMA = {
         "reader": (str, "auto"),        # auto | memory | stream
         "augment_shift": (int, 0),      # random translation by up to k pixels
         "augment_flip": (bool, False),  # random horizontal flips
-        "prefetch": (int, 2),
+        "prefetch": ((int, str), "auto"),  # batches read ahead by a thread; auto: 2 when streaming, else 0
     },
     "model": {
         "layers": (list, None),         # list of tables: {type = "dense", out_features = 10, ...}
@@ -196,6 +196,9 @@ def validate(cfg, label="config"):
                               f"got {cfg[section][key]!r}")
     if cfg["comm"]["bucket_mb"] <= 0:
         raise ConfigError("config key comm.bucket_mb must be > 0")
+    pf = cfg["data"]["prefetch"]
+    if pf != "auto" and (not isinstance(pf, int) or pf < 0):
+        raise ConfigError(f"config key data.prefetch must be \"auto\" or a number of batches >= 0, got {pf!r}")
     if cfg["comm"]["split_mb"] < 0:
         raise ConfigError("config key comm.split_mb must be >= 0 (0 sends the first layer's gradient whole)")
     # A dry build names a bad optimizer or schedule key now, before any data is opened.

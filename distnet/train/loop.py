@@ -21,7 +21,7 @@ from .. import config as C
 from ..errors import ConfigError, UserError
 from ..optim import clip_grad_norm, make_optimizer
 from ..schedules import make_schedule, scale_lr
-from .evaluate import close_readers, evaluate
+from .evaluate import Evaluator
 from .faults import FaultInjector
 from .metrics import MetricsWriter, Progress
 from .profile import StepTimer
@@ -123,7 +123,7 @@ def train(cfg, opts):
     faults = FaultInjector.from_env(w.rank)
     stochastic = any(getattr(layer, "stochastic", False) for layer in model.layers)
     max_steps = tc["max_steps"] or math.inf
-    eval_kw = dict(world=w, model=model, loss=loss, batch_size=tc["eval_batch_size"], mode=cfg["data"]["reader"])
+    evaluator = Evaluator(w, model, loss, batch_size=tc["eval_batch_size"], mode=cfg["data"]["reader"])
     if is_root:
         threads = f" x {opts['blas_threads']} BLAS thread(s)" if opts.get("blas_threads") else ""
         progress.line(f"distnet: {p} rank(s){threads}, global batch {B} ({B // p} per rank"
@@ -161,7 +161,7 @@ def train(cfg, opts):
         for name, split in (("val", val_split), ("test", ds["test"])):
             if split is None:
                 continue
-            ev_loss, ev_acc, n = evaluate(split=split, **eval_kw)
+            ev_loss, ev_acc, n = evaluator(name, split)
             results[name] = ev_acc
             metrics.write("eval", state["global_step"], epoch=state["epoch"], split=name, loss=ev_loss,
                           accuracy=ev_acc, samples=n)
@@ -278,7 +278,7 @@ def train(cfg, opts):
 
     # -- the end ----------------------------------------------------------------------------------------
     reader.close()
-    close_readers()
+    evaluator.close()
     progress.close()
     if ckpt_dir:
         save_checkpoint()
