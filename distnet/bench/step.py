@@ -15,7 +15,6 @@ machine's GEMM peak is possible: the spectral Conv2D path does fewer operations 
 """
 
 import json
-import os
 import statistics
 import time
 
@@ -26,6 +25,7 @@ from ..layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
 from ..losses import SoftmaxCrossEntropy
 from ..model import Sequential
 from ..optim import Adam
+
 
 def add_arguments(parser):
     parser.add_argument("--model", choices=["mlp", "cnn", "both"], default="both")
@@ -165,7 +165,8 @@ def run(args):
           f"{'best ms':>8} {'best GFLOP/s':>12}")
     for r in results:
         print(f"{r['model']:<6} {r['batch']:>6} {r['params']:>10,} {r['ms_per_step']:>9.2f} "
-              f"{r['samples_per_s']:>10.0f} {r['gflops']:>8.1f} {r['best_ms_per_step']:>8.2f} {r['best_gflops']:>12.1f}")
+              f"{r['samples_per_s']:>10.0f} {r['gflops']:>8.1f} {r['best_ms_per_step']:>8.2f} "
+              f"{r['best_gflops']:>12.1f}")
     print("(best = fastest single step: the figure least disturbed by other processes on the machine)")
     if naive:
         print("reference points (issue: naive MLP 4.2 ms vs PyTorch 5.0 ms; naive conv 40 ms vs PyTorch 20 ms):")
