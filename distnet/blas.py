@@ -65,3 +65,11 @@ def threads_per_rank(local_ranks):
     if mine < cores:
         return max(1, mine)
     return max(1, cores // max(1, local_ranks))
+
+
+def configure(world):
+    """Set this rank's BLAS threads: the user's *_NUM_THREADS when set, else its share of the machine's
+    cores (collective: every rank calls it). Returns the count."""
+    threads = user_threads() or threads_per_rank(world.local_size())
+    set_blas_threads(threads)
+    return threads

@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from .. import comm
+from .. import blas, comm
 
 
 def add_arguments(p):
@@ -84,6 +84,7 @@ def model_sync(w, name, global_batch, bucket_mb, reps):
 
 def run(args):
     w = comm.world()
+    blas.configure(w)  # ranks sharing a machine must not each run a BLAS thread per core
     p = w.size
     rows = []
     for nbytes in sizes(args.min_bytes, args.max_bytes):

@@ -54,8 +54,7 @@ def run(args):
         return 0
     # Ranks on one machine must not each start a BLAS thread per core: N ranks x all cores threads run
     # several times slower than N x cores/N. The user's OPENBLAS/OMP/MKL_NUM_THREADS wins when set.
-    threads = blas.user_threads() or blas.threads_per_rank(w.local_size())
-    blas.set_blas_threads(threads)
+    threads = blas.configure(w)
     opts = dict(blas_threads=threads, data=args.data, metrics=args.metrics, checkpoint_dir=args.checkpoint_dir, resume=args.resume,
                 quiet=args.quiet, profile=args.profile, trace=args.trace)
     try:
