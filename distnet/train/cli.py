@@ -39,7 +39,7 @@ def resolve(args):
 
 
 def run(args):
-    from .loop import Stop, train
+    from .loop import run_on_every_rank, train
 
     w = comm.world()
     try:
@@ -55,14 +55,6 @@ def run(args):
     # Ranks on one machine must not each start a BLAS thread per core: N ranks x all cores threads run
     # several times slower than N x cores/N. The user's OPENBLAS/OMP/MKL_NUM_THREADS wins when set.
     threads = blas.configure(w)
-    opts = dict(blas_threads=threads, data=args.data, metrics=args.metrics, checkpoint_dir=args.checkpoint_dir, resume=args.resume,
-                quiet=args.quiet, profile=args.profile, trace=args.trace)
-    try:
-        train(cfg, opts)
-    except Stop as e:
-        if e.args[0] and w.rank == 0:
-            print(f"distnet: error: {e.args[0]}", file=sys.stderr, flush=True)
-        return e.exit_code
-    except BaseException as e:  # noqa: BLE001 - one rank failing must end all ranks
-        return comm.fail_alone(w, e)
-    return 0
+    opts = dict(blas_threads=threads, data=args.data, metrics=args.metrics, checkpoint_dir=args.checkpoint_dir,
+                resume=args.resume, quiet=args.quiet, profile=args.profile, trace=args.trace)
+    return run_on_every_rank(w, lambda: train(cfg, opts))

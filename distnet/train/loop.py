@@ -10,6 +10,7 @@ optimizer step. Rank 0 alone logs, writes metrics and writes checkpoints.
 """
 
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -33,6 +34,20 @@ class Stop(Exception):
     def __init__(self, message, exit_code=1):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def run_on_every_rank(w, body):
+    """Call ``body()`` on every rank and turn a failure into an exit code: a Stop (decided collectively) is
+    said once, by rank 0; any other exception is one rank failing alone, which ends all ranks."""
+    try:
+        body()
+        return 0
+    except Stop as e:
+        if e.args[0] and w.rank == 0:
+            print(f"distnet: error: {e.args[0]}", file=sys.stderr, flush=True)
+        return e.exit_code
+    except BaseException as e:  # noqa: BLE001 - one rank failing must end all ranks
+        return comm.fail_alone(w, e)
 
 
 def setup(cfg, opts, w):
