@@ -67,7 +67,7 @@ def _open(path):
         return h5py.File(path, "r")
     except OSError:
         raise UserError(f"checkpoint {path} is not a readable HDF5 file (truncated or corrupt): "
-                        "use an earlier checkpoint") from None
+                        "delete or move it to use the one before it") from None
 
 
 def read_model_arrays(path, model):
