@@ -205,8 +205,10 @@ class GradSync:
     whole backward pass and its allreduce would be fully exposed. When that layer is a Dense layer with a
     large weight (the MLP's 784x256 is 85 % of its gradients), it computes dW in row blocks of about
     ``split_bytes`` (0: never split), last rows first (the arena's descending order), and each block is
-    sent as soon as it is computed, overlapping the next block's matrix product; only the last block's
-    allreduce is exposed.
+    sent as soon as it is computed, overlapping the next block's matrix product, so that only the last
+    block's allreduce need be exposed where the transport moves data on its own (a network). On shared
+    memory with one core per rank it moves only inside MPI calls on that core: see the README's
+    measurements for what this buys there.
 
     With gradient accumulation, ``accum`` holds the earlier micro-steps' sum; it is added bucket by bucket
     just before that bucket's allreduce starts, so accumulation costs no extra pass over the arena.
