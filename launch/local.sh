@@ -20,5 +20,7 @@ if [ -z "$mpiexec" ]; then
   echo "$0: no mpiexec found: pip install -e '.[mpich]' (or set MPIEXEC to your MPI's launcher)" >&2
   exit 2
 fi
+# Under mpiexec rank 0's stderr is a pipe: tell it whether the user is watching a terminal.
+if [ -t 2 ]; then export DISTNET_PROGRESS=${DISTNET_PROGRESS:-bar}; fi
 echo "launch: $n rank(s) x $threads BLAS thread(s) via $mpiexec" >&2
 exec "$mpiexec" -n "$n" "$py" -m distnet train "$@"

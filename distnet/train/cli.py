@@ -26,6 +26,9 @@ def add_arguments(p):
                    help="record the step-time breakdown (data, forward, backward, comm, optimizer) in the metrics")
     p.add_argument("--trace", metavar="FILE", help="write a Chrome trace-event timeline of every rank's phases")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    p.add_argument("--progress", choices=["auto", "bar", "lines"], default=None,
+                   help="rank 0's progress display (default auto: a bar on a terminal, else lines; under "
+                        "mpiexec stderr is a pipe, so ask for the bar here or with DISTNET_PROGRESS=bar)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
 
@@ -40,10 +43,12 @@ def resolve(args):
 
 def run(args):
     from .loop import run_on_every_rank, train
+    from .metrics import progress_mode
 
     w = comm.world()
     try:
         cfg = resolve(args)  # every rank parses the same file: all fail alike, no collective needed
+        progress_mode(args.progress or "auto")  # a bad DISTNET_PROGRESS fails here, on every rank alike
     except UserError as e:
         if w.rank == 0:
             print(f"distnet: error: {e}", file=sys.stderr, flush=True)
@@ -56,5 +61,5 @@ def run(args):
     # several times slower than N x cores/N. The user's OPENBLAS/OMP/MKL_NUM_THREADS wins when set.
     threads = blas.configure(w)
     opts = dict(blas_threads=threads, data=args.data, metrics=args.metrics, checkpoint_dir=args.checkpoint_dir,
-                resume=args.resume, quiet=args.quiet, profile=args.profile, trace=args.trace)
+                resume=args.resume, quiet=args.quiet, profile=args.profile, trace=args.trace, progress=args.progress)
     return run_on_every_rank(w, lambda: train(cfg, opts))

@@ -129,7 +129,8 @@ def train(cfg, opts):
     comm.check_replicas(w, model, "at the start")
     is_root = w.rank == 0
     metrics = MetricsWriter(opts.get("metrics") if is_root else None, append=bool(opts.get("resume")))
-    progress = Progress(total_steps, initial=state["global_step"], quiet=opts.get("quiet"), enabled=is_root)
+    mode = "none" if opts.get("quiet") or not is_root else opts.get("progress") or "auto"
+    progress = Progress(total_steps, initial=state["global_step"], mode=mode)
     cc = cfg["comm"]
     sync = comm.GradSync(w, model, bucket_bytes=int(cc["bucket_mb"] * 2 ** 20), overlap=cc["overlap"],
                          split_bytes=int(cc["split_mb"] * 2 ** 20))

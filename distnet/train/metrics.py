@@ -2,8 +2,11 @@
 
 import json
 import math
+import os
 import sys
 import time
+
+from ..errors import UserError
 
 
 class MetricsWriter:
@@ -41,27 +44,56 @@ def _clean(v):
     return v
 
 
-class Progress:
-    """A tqdm bar on a terminal; plain lines when output is not a terminal; nothing when quiet."""
+PROGRESS_MODES = ("auto", "bar", "lines", "none")
 
-    def __init__(self, total_steps, initial=0, quiet=False, enabled=True):
-        self.quiet = quiet or not enabled
+
+def progress_mode(requested="auto"):
+    """"bar", "lines" or "none": REQUESTED, where "auto" defers to DISTNET_PROGRESS, then to the terminal."""
+    mode = os.environ.get("DISTNET_PROGRESS", "auto") if requested == "auto" else requested
+    if mode not in PROGRESS_MODES:
+        raise UserError(f"progress mode {mode!r} (DISTNET_PROGRESS or --progress) is not one of "
+                        f"{', '.join(PROGRESS_MODES)}")
+    if mode == "auto":
+        mode = "bar" if sys.stderr.isatty() else "lines"
+    return mode
+
+
+class Progress:
+    """Rank 0's progress: a tqdm bar, plain lines, or nothing.
+
+    ``mode`` "auto" picks the bar when stderr is a terminal and lines otherwise. Under mpiexec a rank's
+    stderr is a pipe even when the user watches a terminal, so the launcher cannot be seen from here:
+    ``--progress bar`` or ``DISTNET_PROGRESS=bar`` (launch/local.sh sets it on a terminal) asks for the bar.
+    Lines mode prints the epoch results and, for long logs (batch jobs), a status line every ``every_s``.
+    """
+
+    def __init__(self, total_steps, initial=0, mode="auto", every_s=30.0):
+        mode = progress_mode(mode)
+        self.mode, self.total, self.done, self.every_s = mode, total_steps, initial, every_s
+        self.start = self.last_line = time.perf_counter()
         self.bar = None
-        if not self.quiet and sys.stderr.isatty():
+        if mode == "bar":
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total_steps, initial=initial, unit="step", dynamic_ncols=True,
-                            file=sys.stderr, smoothing=0.1)
+            tty = sys.stderr.isatty()
+            self.bar = tqdm(total=total_steps, initial=initial, unit="step", file=sys.stderr, smoothing=0.1,
+                            dynamic_ncols=tty, ncols=None if tty else 110, mininterval=0.1 if tty else 0.5)
 
     def update(self, n, **postfix):
+        self.done += n
         if self.bar is not None:
             self.bar.update(n)
             if postfix:
                 self.bar.set_postfix({k: _fmt(v) for k, v in postfix.items()}, refresh=False)
+        elif self.mode == "lines" and time.perf_counter() - self.last_line >= self.every_s:
+            self.last_line = time.perf_counter()
+            stats = " ".join(f"{k} {_fmt(v)}" for k, v in postfix.items())
+            print(f"  step {self.done}/{self.total} ({100 * self.done / max(self.total, 1):.0f}%) {stats}",
+                  flush=True)
 
     def line(self, text):
         """A message that stays (epoch results): above the bar, or on stdout without one."""
-        if self.quiet:
+        if self.mode == "none":
             return
         if self.bar is not None:
             self.bar.write(text, file=sys.stderr)
