@@ -80,9 +80,11 @@ class Sampler:
         for key, now in (("global_batch", self.global_batch), ("num_samples", self.num_samples),
                          ("seed", self.seed), ("drop_last", self.drop_last)):
             if state[key] != now:
+                fix = {"seed": f"--seed {state[key]}", "global_batch": f"--batch-size {state[key]}",
+                       "num_samples": "the same dataset and data.val_fraction as the saved run"}
                 raise ConfigError(f"cannot resume: the saved position was written with {key}={state[key]} "
                                   f"but this run has {key}={now}; the sample order would change: "
-                                  f"use {key}={state[key]}")
+                                  f"use {fix.get(key, f'{key}={state[key]}')}")
         if not 0 <= state["step"] <= self.steps_per_epoch:
             raise ConfigError(f"cannot resume: saved step {state['step']} is outside this epoch's "
                               f"{self.steps_per_epoch} steps")

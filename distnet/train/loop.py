@@ -117,6 +117,11 @@ def train(cfg, opts):
             if int(meta["global_batch"]) != B:
                 raise ConfigError(f"--resume: {path} was trained with global batch {meta['global_batch']}, "
                                   f"not {B}: resume with --batch-size {meta['global_batch']}")
+            # the same data, seed and batch, or the rest of the run would not follow the saved sample order
+            sampler.check_state({"epoch": int(meta["epoch"]), "step": int(meta["step_in_epoch"]),
+                                 "global_batch": int(meta["global_batch"]), "seed": int(meta["seed"]),
+                                 "num_samples": int(meta.get("num_samples", sampler.num_samples)),
+                                 "drop_last": bool(meta.get("drop_last", sampler.drop_last))})
             for key in state:
                 state[key] = type(state[key])(meta[key])
     except Exception as e:  # noqa: BLE001 - reported collectively below
@@ -163,7 +168,8 @@ def train(cfg, opts):
         comm.check_replicas(w, model, f"at step {state['global_step']}")
         if is_root and ckpt_dir:
             meta = dict(state, config=C.to_toml(cfg), seed=tc["seed"], global_batch=B, world_size=p,
-                        dataset=ds.name, input_shape=list(ds.input_shape), num_classes=ds.num_classes)
+                        dataset=ds.name, input_shape=list(ds.input_shape), num_classes=ds.num_classes,
+                        num_samples=sampler.num_samples, drop_last=sampler.drop_last)
             path = Path(ckpt_dir) / f"{tag}.h5" if tag else ckpt.checkpoint_path(ckpt_dir, state["global_step"])
             ckpt.save_training(path, model, opt, meta)
             if not tag:
