@@ -42,7 +42,7 @@ SCHEMA = {
         "loss": (str, "softmax_cross_entropy"),
         "clip_grad_norm": (NUM, 0.0),   # 0 = off
         "eval_every": (int, 0),         # steps; 0 = at epoch ends only
-        "eval_batch_size": (int, 1000),
+        "eval_batch_size": (int, 256),  # per rank; 1000 took 1 GB and was slower on the CNN
         "patience": (int, 0),           # early stopping on validation accuracy; 0 = off
         "nonfinite": (str, "stop"),     # stop | skip (skip the step, stop after max_skips)
         "max_skips": (int, 10),

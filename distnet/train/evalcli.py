@@ -14,7 +14,7 @@ def add_arguments(p):
                    help="a checkpoint written by distnet train, or its folder (the newest checkpoint in it)")
     p.add_argument("--data", metavar="DIR", help="prepared dataset folder (default: the training config's)")
     p.add_argument("--split", default="test", help="split to evaluate (default: test)")
-    p.add_argument("--batch-size", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=256, help="samples per forward pass on each rank (256)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 

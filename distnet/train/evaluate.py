@@ -8,7 +8,7 @@ from .. import comm
 class Evaluator:
     """Evaluates a model on named splits again and again (each epoch), keeping each split's reader open."""
 
-    def __init__(self, world, model, loss, batch_size=1000, mode="auto"):
+    def __init__(self, world, model, loss, batch_size=256, mode="auto"):
         self.world, self.model, self.loss, self.batch_size, self.mode = world, model, loss, batch_size, mode
         self.readers = {}
 
@@ -36,7 +36,7 @@ class Evaluator:
         self.readers = {}
 
 
-def evaluate(world, model, loss, split, batch_size=1000, mode="auto"):
+def evaluate(world, model, loss, split, batch_size=256, mode="auto"):
     """One evaluation of ``model`` on ``split``: (loss, accuracy, samples)."""
     ev = Evaluator(world, model, loss, batch_size, mode)
     try:
