@@ -27,12 +27,16 @@ class StepTimer:
         self.origin_us = time.time_ns() / 1000 - self.last * 1e6  # perf_counter -> wall-clock microseconds
         self.step = 0
         self.first_step = dict.fromkeys(PHASES, 0.0)
+        self.comm_waits = []  # this rank's comm wait per step (seconds), for the last-arrival figure
+        self._comm_now = 0.0
 
     def mark(self, phase):
         now = time.perf_counter()
         if phase is not None:
             dt = now - self.last
             self.window[phase] += dt
+            if phase == "comm":
+                self._comm_now += dt
             if self.trace_path and len(self.events) < self.max_events:
                 self.events.append((phase, self.last, dt, self.step))
         self.last = now
@@ -40,6 +44,9 @@ class StepTimer:
     def end_step(self, step):
         if self.steps == 0:
             self.first_step = dict(self.window)  # setup costs: reader start, first batch, caches
+        if self.enabled and len(self.comm_waits) < self.max_events:
+            self.comm_waits.append(self._comm_now)
+        self._comm_now = 0.0
         self.steps_in_window += 1
         self.steps += 1
         self.step = step + 1
@@ -56,11 +63,18 @@ class StepTimer:
 
     def totals(self):
         """Mean milliseconds per step of each phase over the run, leaving out the first step (which pays
-        for setup: the reader's start, the first batch, cold caches), for the summary line."""
+        for setup: the reader's start, the first batch, cold caches), for the summary line; plus
+        ``ms_comm_last_arrival_mean``: per step the smallest comm wait over ranks, which is the wait of the
+        rank that arrived last, i.e. communication without the skew between ranks (a collective call)."""
         self.summary()
         if self.steps < 2:
-            return {f"ms_{k}_mean": 1e3 * v / max(self.steps, 1) for k, v in self.total.items()}
-        return {f"ms_{k}_mean": 1e3 * (v - self.first_step[k]) / (self.steps - 1) for k, v in self.total.items()}
+            out = {f"ms_{k}_mean": 1e3 * v / max(self.steps, 1) for k, v in self.total.items()}
+        else:
+            out = {f"ms_{k}_mean": 1e3 * (v - self.first_step[k]) / (self.steps - 1) for k, v in self.total.items()}
+        waits = self.world.allgather(self.comm_waits[1:])
+        n = min(len(x) for x in waits)
+        out["ms_comm_last_arrival_mean"] = 1e3 * sum(min(x[i] for x in waits) for i in range(n)) / n if n else None
+        return out
 
     def write_trace(self):
         """Gather every rank's events to rank 0 and write the Chrome trace (a collective call)."""
