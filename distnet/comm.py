@@ -143,21 +143,28 @@ def world():
 
 # -- collective agreement and failure handling -------------------------------------------------------
 
-def agree(w, error):
-    """Collectively agree whether any rank failed; ``error`` is this rank's exception or None.
+def settle(w, error):
+    """After work any rank may fail on its own (opening files, building the model): agree collectively,
+    so that no rank is left waiting in a later collective. ``error`` is this rank's exception or None.
 
-    Returns the highest exit code over ranks (0 when every rank succeeded). Use it after work that any
-    rank may fail on its own (opening files, building the model) so that no rank is left in a collective.
+    Returns the highest exit code over ranks (0 when all succeeded). One line is printed, by the first
+    rank that failed: without a rank prefix when every rank failed alike (a bad config or dataset is the
+    same everywhere), with it when the ranks disagree.
     """
-    code = 0 if error is None else getattr(error, "exit_code", 1)
-    return w.allreduce_max(code)
+    mine = None if error is None else (getattr(error, "exit_code", 1), str(error))
+    everyone = w.allgather(mine)
+    failed = [r for r, m in enumerate(everyone) if m is not None]
+    if not failed:
+        return 0
+    if w.rank == failed[0]:
+        alike = len(failed) == w.size and len({everyone[r][1] for r in failed}) == 1
+        report(w, error, rank_prefix=not alike)
+    return max(everyone[r][0] for r in failed)
 
 
-def report(w, error, all_failed):
-    """Print this rank's error once: rank 0 speaks when it failed too, so P ranks don't print P lines."""
-    if error is None or (all_failed and w.rank != 0):
-        return
-    where = f"rank {w.rank}: " if w.size > 1 else ""
+def report(w, error, rank_prefix=True):
+    """Print this rank's error: one line for a user error, the traceback and a line otherwise."""
+    where = f"rank {w.rank}: " if w.size > 1 and rank_prefix else ""
     if isinstance(error, UserError):
         print(f"distnet: error: {where}{error}", file=sys.stderr, flush=True)
     else:
@@ -169,7 +176,7 @@ def report(w, error, all_failed):
 
 def fail_alone(w, error):
     """This rank failed where the others may be inside a collective: report and end the whole job."""
-    report(w, error, all_failed=False)
+    report(w, error)
     code = getattr(error, "exit_code", 1)
     if w.size > 1:
         w.abort(code)  # MPI_Abort: mpiexec ends every rank and exits with this code

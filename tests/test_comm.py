@@ -129,18 +129,21 @@ AGREE = textwrap.dedent("""
     from distnet import comm
     from distnet.errors import UserError
     w = comm.world()
-    err = UserError("bad thing on rank 1") if w.rank == 1 else None
-    codes = w.allgather(0 if err is None else err.exit_code)
-    comm.report(w, err, all_failed=codes[0] != 0)
-    raise SystemExit(max(codes))
+    err = {{"one": UserError("bad thing on rank 1") if w.rank == 1 else None,
+            "all": UserError("bad config"),
+            "differ": UserError(f"bad file on rank {{w.rank}}")}}["{case}"]
+    raise SystemExit(comm.settle(w, err))
 """)
 
 
 @pytest.mark.mpi
-def test_setup_errors_are_agreed_so_every_rank_exits_with_the_code():
-    r = run_python_mpi(AGREE, n=2, timeout=60)
+@pytest.mark.parametrize("case,line", [("one", "distnet: error: rank 1: bad thing on rank 1"),
+                                       ("all", "distnet: error: bad config"),
+                                       ("differ", "distnet: error: rank 0: bad file on rank 0")])
+def test_setup_errors_are_agreed_so_every_rank_exits_with_the_code(case, line):
+    r = run_python_mpi(AGREE.format(case=case), n=2, timeout=60)
     assert r.returncode == 2
-    assert r.stderr.count("distnet: error: rank 1: bad thing on rank 1") == 1
+    assert r.stderr.count("distnet: error:") == 1 and line + "\n" in r.stderr, r.stderr
 
 
 def test_world_of_one_without_mpiexec():

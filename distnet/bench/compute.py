@@ -241,10 +241,9 @@ def run(args):
         r = measure(args.model, args.batch, args.dtype, args.repeats, args.warmup, gemm=not args.no_gemm)
     except Exception as e:  # noqa: BLE001 - agreed on below, so no rank is left waiting
         err = e
-    codes = w.allgather(0 if err is None else getattr(err, "exit_code", 1))
-    if any(codes):
-        comm.report(w, err, all_failed=codes[0] != 0)
-        return max(codes)
+    code = comm.settle(w, err)
+    if code:
+        return code
     ranks = w.allgather({"peak_gflops": r["peak_gflops"], "ms": r["total"]["ms"], "gflops": r["total"]["gflops"]})
     if w.rank != 0:
         return 0

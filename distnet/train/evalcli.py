@@ -55,10 +55,9 @@ def run(args):
         loaded = load_checkpoint(args)
     except Exception as e:  # noqa: BLE001 - reported collectively below
         err = e
-    codes = w.allgather(0 if err is None else getattr(err, "exit_code", 1))
-    if any(codes):
-        comm.report(w, err, all_failed=codes[0] != 0)
-        return max(codes)
+    code = comm.settle(w, err)
+    if code:
+        return code
     model, loss_fn, split = loaded
     try:
         loss, acc, n = evaluate(w, model, loss_fn, split, batch_size=args.batch_size)

@@ -126,10 +126,9 @@ def train(cfg, opts):
                 state[key] = type(state[key])(meta[key])
     except Exception as e:  # noqa: BLE001 - reported collectively below
         err = e
-    codes = w.allgather(0 if err is None else getattr(err, "exit_code", 1))
-    if any(codes):
-        comm.report(w, err, all_failed=codes[0] != 0)
-        raise Stop(None, max(codes))
+    code = comm.settle(w, err)
+    if code:
+        raise Stop(None, code)
 
     comm.check_replicas(w, model, "at the start")
     is_root = w.rank == 0
