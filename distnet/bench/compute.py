@@ -64,12 +64,7 @@ def build(name, dtype):
 
 def conv_method(layer, in_shape):
     """How Conv2D computes for this input: "spectral", "im2col per sample" or "im2col" (as the layer decides)."""
-    c, h, w = in_shape
-    pads, (ho, wo) = layer.geometry((h, w))
-    spectrum = getattr(layer, "spectrum", None)
-    if spectrum is not None and spectrum((h, w), pads) is not None:
-        return "spectral"
-    return "im2col per sample" if ho * wo >= getattr(layer, "PER_SAMPLE_GEMM", float("inf")) else "im2col"
+    return layer.path(tuple(in_shape[1:]))
 
 
 def gemm_shapes(layer, in_shape, batch):

@@ -187,6 +187,13 @@ class Conv2D(_ConvBase):
                 return None
         return Spectrum(frame, self.dtype, self.scratch)
 
+    def path(self, hw):
+        """How forward/backward compute for images of size HW: "spectral", "im2col per sample" or "im2col"."""
+        pads, (ho, wo) = self.geometry(hw)
+        if self.spectrum(hw, pads) is not None:
+            return "spectral"
+        return "im2col per sample" if ho * wo >= self.PER_SAMPLE_GEMM else "im2col"
+
     def forward(self, x, training=True):
         x = self._input(x)
         n, c, h, w = x.shape
