@@ -135,9 +135,10 @@ def test_skip_policy_survives_a_non_finite_step(tmp_path, spirals_data):
     (["--set", "train.bogus=1"], "unknown config key train.bogus"),
     (["--set", "train.epochs=\"two\""], "config key train.epochs must be an integer"),
     (["--batch-size", "63"], "global batch 63 is not divisible by ranks x accumulation steps = 2 x 1"),
-    (["--set", "optimizer.betas=3"], "unknown key 'betas' for optimizer 'adam' (valid: lr, weight_decay, l1, beta1, beta2, eps)"),
+    (["--set", "optimizer.betas=3"],
+     "unknown key 'betas' for optimizer 'adam' (valid: lr, weight_decay, l1, beta1, beta2, eps)"),
     (["--data", "/nonexistent/x"], "dataset folder /nonexistent/x does not exist"),
-    (["--batch-size", "100000"], ""),
+    (["--batch-size", "100000"], "the dataset has 4000 samples, fewer than one global batch of 100000"),
 ])
 def test_user_errors_exit_2_on_every_rank_with_one_message(tmp_path, spirals_data, args, message):
     r = run_distnet(["train", "spirals-mlp", "--data", spirals_data, "--quiet", *args], n=2, timeout=60)
