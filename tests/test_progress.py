@@ -18,7 +18,8 @@ def test_lines_mode_prints_status_lines_and_results(capsys, monkeypatch):
     p.line("epoch 1 done")
     p.close()
     out = capsys.readouterr().out.splitlines()
-    assert out == ["  step 50/200 (25%) loss 0.5 sps 1000", "epoch 1 done"]
+    assert out[0].startswith("  step 50/200 (25%) loss 0.5 sps 1000 ETA ") and out[0].endswith(" s")
+    assert out[1:] == ["epoch 1 done"]
     quiet = Progress(200, mode="none", every_s=0.0)
     quiet.update(10, loss=1.0)
     quiet.line("not shown")

@@ -69,7 +69,7 @@ class Progress:
 
     def __init__(self, total_steps, initial=0, mode="auto", every_s=30.0):
         mode = progress_mode(mode)
-        self.mode, self.total, self.done, self.every_s = mode, total_steps, initial, every_s
+        self.mode, self.total, self.done, self.initial, self.every_s = mode, total_steps, initial, initial, every_s
         self.start = self.last_line = time.perf_counter()
         self.bar = None
         if mode == "bar":
@@ -86,9 +86,11 @@ class Progress:
             if postfix:
                 self.bar.set_postfix({k: _fmt(v) for k, v in postfix.items()}, refresh=False)
         elif self.mode == "lines" and time.perf_counter() - self.last_line >= self.every_s:
-            self.last_line = time.perf_counter()
+            self.last_line = now = time.perf_counter()
             stats = " ".join(f"{k} {_fmt(v)}" for k, v in postfix.items())
-            print(f"  step {self.done}/{self.total} ({100 * self.done / max(self.total, 1):.0f}%) {stats}",
+            rate = (self.done - self.initial) / max(now - self.start, 1e-9)
+            eta = f" ETA {(self.total - self.done) / rate:.0f} s" if rate > 0 else ""
+            print(f"  step {self.done}/{self.total} ({100 * self.done / max(self.total, 1):.0f}%) {stats}{eta}",
                   flush=True)
 
     def line(self, text):
