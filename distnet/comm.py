@@ -213,9 +213,10 @@ class GradSync:
     large weight (the MLP's 784x256 is 85 % of its gradients), it computes dW in row blocks of about
     ``split_bytes`` (0: never split), last rows first (the arena's descending order), and each block is
     sent as soon as it is computed, overlapping the next block's matrix product, so that only the last
-    block's allreduce need be exposed where the transport moves data on its own (a network). On shared
-    memory with one core per rank it moves only inside MPI calls on that core: see the README's
-    measurements for what this buys there.
+    block's allreduce need be exposed. Each block is itself computed in four row pieces with a Testall
+    after each: on shared memory with one core per rank MPI moves data only inside MPI calls, and polling
+    four times per block (rather than once) took the MLP's exposed wait from ~0.9x to ~0.4x of one flat
+    allreduce, with no extra collectives.
 
     With gradient accumulation, ``accum`` holds the earlier micro-steps' sum; it is added bucket by bucket
     just before that bucket's allreduce starts, so accumulation costs no extra pass over the arena.
@@ -238,6 +239,7 @@ class GradSync:
                 units.append((i, lo, hi, False))
                 continue
             self.split_index, self.split_layer, self.row_blocks = i, model.layers[i], blocks
+            self.pieces = self._pieces(blocks)
             out = model.layers[i].grads["W"].shape[1]
             (r0, _), rest = blocks[0], blocks[1:]
             units.append(((i, r0), lo + r0 * out, hi, True))  # the last rows, the bias, and the open bucket
@@ -267,6 +269,15 @@ class GradSync:
         rows = max(1, split_bytes // (gW.shape[1] * gW.itemsize))
         return [(a, min(a + rows, gW.shape[0])) for a in range(0, gW.shape[0], rows)][::-1]
 
+    @staticmethod
+    def _pieces(blocks, parts=4):
+        """Each block's rows in PARTS pieces, last rows first: the matrix products between two polls."""
+        out = []
+        for a, b in blocks:
+            step = max(1, -(-(b - a) // parts))
+            out += [(x, min(x + step, b)) for x in range(a, b, step)][::-1]
+        return out
+
     def begin(self, accum=None, stats=None):
         """Start a synchronized backward; ``accum`` (or None) is added to each bucket before it is sent,
         ``stats`` (a small float64 array, or None) is summed in place alongside."""
@@ -275,7 +286,7 @@ class GradSync:
         if stats is not None and self.w.size > 1:
             self.reqs.append(self.w.iallreduce(stats))
         if self.split_layer is not None:
-            self.split_layer.row_blocks = (self.row_blocks, self._rows_done)
+            self.split_layer.row_blocks = (self.pieces, self._rows_done)
 
     def _start(self, sl):
         if self.accum is not None:
@@ -284,8 +295,10 @@ class GradSync:
             self.reqs.append(self.w.iallreduce(self.grads[sl]))
 
     def _rows_done(self, lo, hi):
-        """The split layer's hook: rows lo:hi of its dW are final."""
-        self._start(self.ready_at[(self.split_index, lo)])
+        """The split layer's hook: rows lo:hi of its dW are final; a block is ready with its first rows."""
+        sl = self.ready_at.get((self.split_index, lo))
+        if sl is not None:
+            self._start(sl)
         self.w.testall(self.reqs)
 
     def on_layer_done(self, i):
