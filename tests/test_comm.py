@@ -43,6 +43,9 @@ def test_buckets_tile_the_arena_in_backward_order(bucket_bytes, split_bytes):
     if split_bytes:  # the first layer's W (20 x 64 float32 = 5 KiB) goes in 1 KiB row blocks, last rows first
         assert [row for _, row in blocks] == [16, 12, 8, 4, 0]
         assert sync.row_blocks == [(16, 20), (12, 16), (8, 12), (4, 8), (0, 4)]
+        assert sync.pieces == [(r, r + 1) for r in range(19, -1, -1)]  # 4 polls per block, last rows first
+        assert comm.GradSync._pieces([(10, 20), (0, 10)]) == [(19, 20), (16, 19), (13, 16), (10, 13), (9, 10),
+                                                               (6, 9), (3, 6), (0, 3)]
     else:
         assert not blocks and sync.split_layer is None
     if bucket_bytes == 1 and not split_bytes:
