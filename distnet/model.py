@@ -100,9 +100,12 @@ class Sequential(Layer):
             layer.needs_dx = not (skip and first is not None and i <= first)
         self._backward_stop = first if skip and first is not None else 0
 
-    def reseed(self, rng):
-        for layer in self.layers:
-            layer.reseed(rng)
+    def reseed(self, draws):
+        """Give layer i ``draws.layer(i)`` (``draws``: a ``distnet.draws.Draws`` for this micro-batch); a NumPy
+        generator or None goes to every layer as it is."""
+        plain = draws is None or isinstance(draws, np.random.Generator)
+        for i, layer in enumerate(self.layers):
+            layer.reseed(draws if plain else draws.layer(i))
 
     def flops(self, input_shape=None):
         return sum(layer.flops(shape) for layer, shape in zip(self.layers, self.shapes))

@@ -12,7 +12,9 @@ A layer is a forward/backward pair plus the arrays it owns:
   alone; ``Sequential`` builds again with the model's dtype and seed.
 - ``needs_dx``: when a model sets it False on its first layer, ``backward`` may skip computing the
   input gradient (a large saving for a first convolution) and return None.
-- ``reseed(rng)``: layers that draw random numbers in training (Dropout) take their generator here.
+- ``reseed(draws)``: layers that draw random numbers in training (Dropout) take this micro-batch's
+  ``distnet.draws.Draws``, bound to the layer, here: their draws are then a function of (seed, epoch, each
+  sample's global index, the layer), never of the rank count.
 - ``hold(name, a)``: layers return their (always fresh) outputs through it, see there.
 """
 
@@ -61,8 +63,8 @@ class Layer:
         setattr(self, "_held_" + name, a)
         return a
 
-    def reseed(self, rng):
-        """Take the generator for this step's random draws (only stochastic layers use it)."""
+    def reseed(self, draws):
+        """Take this micro-batch's ``Draws`` bound to this layer (only stochastic layers use them)."""
 
     def flops(self, input_shape=None):
         """Floating-point operations of a forward pass for one sample (multiply-add = 2)."""
