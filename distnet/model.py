@@ -107,6 +107,11 @@ class Sequential(Layer):
         for i, layer in enumerate(self.layers):
             layer.reseed(draws if plain else draws.layer(i))
 
+    def distribute(self, allreduce):
+        """Give every layer the sum over ranks, ``allreduce(a)`` (float64, in place), for those that need one."""
+        for layer in self.layers:
+            layer.distribute(allreduce)
+
     def flops(self, input_shape=None):
         return sum(layer.flops(shape) for layer, shape in zip(self.layers, self.shapes))
 

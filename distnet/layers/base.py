@@ -15,6 +15,9 @@ A layer is a forward/backward pair plus the arrays it owns:
 - ``reseed(draws)``: layers that draw random numbers in training (Dropout) take this micro-batch's
   ``distnet.draws.Draws``, bound to the layer, here: their draws are then a function of (seed, epoch, each
   sample's global index, the layer), never of the rank count.
+- ``distribute(allreduce)``: layers whose forward or backward needs a sum over ranks (BatchNorm with
+  ``sync=True``) keep ``allreduce(a)``, which sums a float64 array over ranks in place and returns it. Layers
+  never import MPI: the trainer hands this function down through ``Sequential.distribute``.
 - ``hold(name, a)``: layers return their (always fresh) outputs through it, see there.
 """
 
@@ -65,6 +68,9 @@ class Layer:
 
     def reseed(self, draws):
         """Take this micro-batch's ``Draws`` bound to this layer (only stochastic layers use them)."""
+
+    def distribute(self, allreduce):
+        """Take ``allreduce(a)`` (sums a float64 array over ranks, in place; returns it), if the layer needs one."""
 
     def flops(self, input_shape=None):
         """Floating-point operations of a forward pass for one sample (multiply-add = 2)."""
