@@ -18,16 +18,46 @@ from .layers.base import Layer
 class Sequential(Layer):
     """A stack of layers that is itself a layer."""
 
-    def __init__(self, layers, input_shape=None, dtype=np.float32, seed=0):
+    def __init__(self, layers, input_shape=None, dtype=None, seed=0):
+        """With ``input_shape`` (per sample), build at once: every layer (re)initialized from ``seed``, in
+        ``dtype`` (float32 by default).
+
+        Without it, the input shape is that of the first layer that knows its own (one built with its sizes,
+        such as ``Dense(784, 16)``) when only shape-keeping layers (activations, Dropout) come before it: the
+        model is built at once, layers that own arrays keep their values (cast to ``dtype``, by default that of
+        the first layer with parameters) and the others are built for the shapes in between. If no layer
+        knows its input shape, ``build(input_shape)`` builds the model later.
+        """
         super().__init__()
         self.layers = list(layers)
         self.seed = seed
         self.params_flat = None
         self.grads_flat = None
+        self.shapes = None  # per-sample shapes: the input, then each layer's output (once built)
+        rng = np.random.default_rng(seed)
         if input_shape is not None:
-            self.build(input_shape, dtype, np.random.default_rng(seed))
+            self.build(input_shape, np.float32 if dtype is None else dtype, rng)
+        elif (known := self._known_input_shape()) is not None:
+            if dtype is None:
+                dtype = next((layer.dtype for layer in self.layers if layer.params), np.float32)
+            self._keep_values = True
+            try:
+                self.build(known, dtype, rng)
+            finally:
+                self._keep_values = False
 
     # -- building -------------------------------------------------------------------------------------
+    _keep_values = False  # True while building from layers' own input shapes: keep their arrays' values
+
+    def _known_input_shape(self):
+        """The model's input shape as the first layer that knows its own implies, else None."""
+        for layer in self.layers:
+            if layer.input_shape is not None:
+                return layer.input_shape
+            if type(layer).infer_shape is not Layer.infer_shape:  # changes shapes: nothing to infer through
+                return None
+        return None
+
     def infer_shape(self, input_shape):
         shape = tuple(input_shape)
         self.shapes = [shape]
@@ -37,7 +67,13 @@ class Sequential(Layer):
         shape = self.input_shape
         self.shapes = [shape]
         for layer in self.layers:
+            kept = {(kind, name): a.copy() for kind in ("params", "buffers")
+                    for name, a in getattr(layer, kind).items()} if self._keep_values else {}
             shape = layer.build(shape, self.dtype, rng)
+            for (kind, name), a in kept.items():
+                new = getattr(layer, kind).get(name)
+                if new is not None and new.shape == a.shape:
+                    new[...] = a
             self.shapes.append(tuple(shape))
         self.output_shape = shape
         self._make_arena()
@@ -70,7 +106,9 @@ class Sequential(Layer):
 
     @property
     def num_params(self):
-        return 0 if self.params_flat is None else int(self.params_flat.size)
+        if self.params_flat is None:  # not built yet: what the layers own so far
+            return sum(layer.num_params for layer in self.layers)
+        return int(self.params_flat.size)
 
     # -- computing ------------------------------------------------------------------------------------
     def forward(self, x, training=True):
@@ -119,14 +157,15 @@ class Sequential(Layer):
     def summary(self):
         """A table of layers, per-sample output shapes and parameter counts."""
         rows = [("layer", "output shape", "params")]
-        for layer, shape in zip(self.layers, self.shapes[1:]):
+        for layer, shape in zip(self.layers, self.shapes[1:] if self.shapes else ["?"] * len(self.layers)):
             rows.append((repr(layer), str(shape), f"{layer.num_params:,}"))
         w0 = max(len(r[0]) for r in rows)
         w1 = max(len(r[1]) for r in rows)
         lines = [f"{a:<{w0}}  {b:<{w1}}  {c:>10}" for a, b, c in rows]
         lines.insert(1, "-" * len(lines[0]))
         lines.append("-" * len(lines[0]))
-        lines.append(f"input {self.input_shape}, total params {self.num_params:,} ({self.dtype})")
+        shape = self.input_shape if self.shapes else "not known yet: build(input_shape)"
+        lines.append(f"input {shape}, total params {self.num_params:,} ({self.dtype})")
         return "\n".join(lines)
 
     def param_hash(self):

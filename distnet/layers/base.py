@@ -9,7 +9,8 @@ A layer is a forward/backward pair plus the arrays it owns:
 - ``build(input_shape, dtype, rng)`` infers missing sizes from the per-sample input shape (no batch axis),
   (re)creates and initializes the parameters from ``rng`` and returns the per-sample output shape.
   A layer whose sizes are all given at construction builds itself at once (float32, seed 0), so it works
-  alone; ``Sequential`` builds again with the model's dtype and seed.
+  alone; ``Sequential`` given an input shape builds again with the model's dtype and seed, and one that
+  infers it from such layers keeps their values (see ``Sequential``).
 - ``needs_dx``: when a model sets it False on its first layer, ``backward`` may skip computing the
   input gradient (a large saving for a first convolution) and return None.
 - ``reseed(draws)``: layers that draw random numbers in training (Dropout) take this micro-batch's
