@@ -268,6 +268,8 @@ def clip_grad_norm(grads, max_norm):
     return norm
 
 
+# The registry: config name -> (class, defaults over the class's own). Its keyword arguments but params, grads
+# and decay_mask are the name's config keys (optimizer_keys).
 OPTIMIZERS = {
     "sgd": (SGD, {}),
     "momentum": (SGD, {"momentum": 0.9}),
@@ -279,14 +281,26 @@ OPTIMIZERS = {
 }
 
 
-def make_optimizer(name, params, grads, decay_mask=None, **kwargs):
-    """Build the optimizer a config names; "momentum" and "nesterov" are SGD with momentum 0.9 by default."""
+def optimizer_keys(name):
+    """The keyword arguments optimizer ``name`` takes from a config, in signature order (ConfigError if unknown)."""
     if name not in OPTIMIZERS:
         raise ConfigError(f"unknown optimizer '{name}' (valid: {', '.join(OPTIMIZERS)})")
-    cls, defaults = OPTIMIZERS[name]
-    valid = [k for k in inspect.signature(cls).parameters
-             if k not in ("params", "grads", "decay_mask") and not (name != "sgd" and k == "nesterov")]
+    cls = OPTIMIZERS[name][0]
+    return [k for k in inspect.signature(cls).parameters
+            if k not in ("params", "grads", "decay_mask") and not (name != "sgd" and k == "nesterov")]
+
+
+def make_optimizer(name, params, grads, decay_mask=None, **kwargs):
+    """Build the optimizer a config names; "momentum" and "nesterov" are SGD with momentum 0.9 by default."""
+    valid = optimizer_keys(name)
     for key in kwargs:
         if key not in valid:
-            raise ConfigError(f"unknown key '{key}' for optimizer '{name}' (valid: {', '.join(valid)})")
+            others = [n for n in OPTIMIZERS if key in optimizer_keys(n)]
+            hint = ""
+            if others:
+                pick = key if key in others else others[0]
+                hint = (f"; '{key}' is a key of {', '.join(others)}: change the optimizer too, "
+                        f"e.g. --set optimizer.name={pick}")
+            raise ConfigError(f"unknown key '{key}' for optimizer '{name}' (valid: {', '.join(valid)}){hint}")
+    cls, defaults = OPTIMIZERS[name]
     return cls(params, grads, decay_mask=decay_mask, **{**defaults, **kwargs})

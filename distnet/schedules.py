@@ -5,6 +5,7 @@ function of the step, so resuming a run needs only the step count. Values are Py
 """
 
 import bisect
+import inspect
 import math
 import numbers
 
@@ -171,36 +172,54 @@ def scale_lr(base_lr, base_batch, batch, rule):
     return float(base_lr) * rules[rule]
 
 
-KEYS = {  # the keys each schedule takes from a config table
-    "constant": (),
-    "piecewise": ("boundaries", "factors", "values"),
-    "power": ("decay_steps", "power"),
-    "exponential": ("decay_steps", "decay_rate"),
-    "cosine": ("min_lr",),
-    "onecycle": ("pct_start", "div_factor", "final_div_factor", "anneal"),
-}
-REQUIRED = {"piecewise": "boundaries", "power": "decay_steps", "exponential": "decay_steps"}
-WARMUP_KEYS = ("warmup_steps", "warmup_start_factor")
+# Each schedule's builder from a config table: builder(base_lr, total_steps, **its keys). Its keyword arguments
+# are the schedule's config keys (schedule_keys), those without a default the required ones.
+
+def _constant(lr, total_steps):
+    return Constant(lr)
 
 
-def _build(name, base_lr, total_steps, kw):
-    if name == "constant":
-        return Constant(base_lr)
-    if name == "piecewise":
-        if ("factors" in kw) == ("values" in kw):
-            raise ConfigError("schedule 'piecewise' needs exactly one of 'factors' (times base lr) or 'values'")
-        if "values" in kw:
-            return Piecewise(kw["boundaries"], kw["values"])
-        if not isinstance(kw["factors"], (list, tuple)):
-            raise ConfigError(f"schedule factors={kw['factors']!r} must be a list")
-        return Piecewise(kw["boundaries"], [base_lr * _number("factors", f) for f in kw["factors"]])
-    if name == "power":
-        return Power(base_lr, **kw)
-    if name == "exponential":
-        return Exponential(base_lr, **kw)
-    if name == "cosine":
-        return Cosine(base_lr, total_steps, **kw)
-    return OneCycle(base_lr, total_steps, **kw)
+def _piecewise(lr, total_steps, boundaries, factors=None, values=None):
+    if (factors is None) == (values is None):
+        raise ConfigError("schedule 'piecewise' needs exactly one of 'factors' (times base lr) or 'values'")
+    if values is not None:
+        return Piecewise(boundaries, values)
+    if not isinstance(factors, (list, tuple)):
+        raise ConfigError(f"schedule factors={factors!r} must be a list")
+    return Piecewise(boundaries, [lr * _number("factors", f) for f in factors])
+
+
+def _power(lr, total_steps, decay_steps, power=1.0):
+    return Power(lr, decay_steps, power)
+
+
+def _exponential(lr, total_steps, decay_steps, decay_rate=0.1):
+    return Exponential(lr, decay_steps, decay_rate)
+
+
+def _cosine(lr, total_steps, min_lr=0.0):
+    return Cosine(lr, total_steps, min_lr)
+
+
+def _onecycle(lr, total_steps, pct_start=0.3, div_factor=25.0, final_div_factor=1e4, anneal="cos"):
+    return OneCycle(lr, total_steps, pct_start, div_factor, final_div_factor, anneal)
+
+
+# The registry: config name -> builder.
+SCHEDULES = {"constant": _constant, "piecewise": _piecewise, "power": _power, "exponential": _exponential,
+             "cosine": _cosine, "onecycle": _onecycle}
+WARMUP_KEYS = ("warmup_steps", "warmup_start_factor")  # every schedule takes these
+
+
+def _parameters(name):
+    if name not in SCHEDULES:
+        raise ConfigError(f"unknown schedule name {name!r} (valid: {', '.join(SCHEDULES)})")
+    return list(inspect.signature(SCHEDULES[name]).parameters.values())[2:]
+
+
+def schedule_keys(name):
+    """The keys schedule ``name`` takes from a config table besides "name" and the warm-up keys."""
+    return [p.name for p in _parameters(name)]
 
 
 def make_schedule(spec, base_lr, total_steps):
@@ -209,15 +228,18 @@ def make_schedule(spec, base_lr, total_steps):
     onecycle's max_lr is base_lr; piecewise takes "factors" (times base_lr) or "values" (absolute).
     """
     name = spec.get("name")
-    if name not in KEYS:
-        raise ConfigError(f"unknown schedule name {name!r} (valid: {', '.join(KEYS)})")
-    valid = ("name", *KEYS[name], *WARMUP_KEYS)
+    params = _parameters(name)
+    valid = ("name", *(p.name for p in params), *WARMUP_KEYS)
     for key in spec:
         if key not in valid:
-            raise ConfigError(f"unknown key '{key}' for schedule '{name}' (valid: {', '.join(valid)})")
-    if name in REQUIRED and REQUIRED[name] not in spec:
-        raise ConfigError(f"schedule '{name}' needs key '{REQUIRED[name]}'")
-    schedule = _build(name, base_lr, total_steps, {k: spec[k] for k in KEYS[name] if k in spec})
+            others = [n for n in SCHEDULES if key in schedule_keys(n)]
+            hint = (f"; '{key}' is a key of {', '.join(others)}: change the schedule too, e.g. "
+                    f"--set schedule.name={others[0]}") if others else ""
+            raise ConfigError(f"unknown key '{key}' for schedule '{name}' (valid: {', '.join(valid)}){hint}")
+    for p in params:
+        if p.default is inspect.Parameter.empty and p.name not in spec:
+            raise ConfigError(f"schedule '{name}' needs key '{p.name}'")
+    schedule = SCHEDULES[name](base_lr, total_steps, **{p.name: spec[p.name] for p in params if p.name in spec})
     if spec.get("warmup_steps", 0):
         schedule = Warmup(schedule, spec["warmup_steps"], spec.get("warmup_start_factor", 0.0))
     return schedule

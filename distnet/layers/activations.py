@@ -5,7 +5,7 @@ Constants are Python floats so float32 inputs stay float32 (NumPy 2 promotes wit
 
 import numpy as np
 
-from .base import Layer
+from .base import Layer, register
 
 
 def sigmoid(x):
@@ -26,6 +26,7 @@ def softmax(x, axis=-1):
     return e
 
 
+@register("relu")
 class ReLU(Layer):
     """max(x, 0); the derivative at exactly 0 is taken as 1 (the lectures' convention)."""
 
@@ -43,6 +44,7 @@ class ReLU(Layer):
         return self.hold("dx", dy * self._mask)  # a product, not np.where: no branch mispredictions on random masks
 
 
+@register("leaky_relu")
 class LeakyReLU(Layer):
     """x for x >= 0, alpha*x below (derivative 1 at 0, as ReLU)."""
 
@@ -61,6 +63,7 @@ class LeakyReLU(Layer):
         return f"LeakyReLU(alpha={self.alpha})"
 
 
+@register("sigmoid")
 class Sigmoid(Layer):
     """1 / (1 + exp(-x)), stable for large |x|."""
 
@@ -72,6 +75,7 @@ class Sigmoid(Layer):
         return dy * self._y * (1 - self._y)
 
 
+@register("tanh")
 class Tanh(Layer):
     """tanh(x), or LeCun's scaled 1.7159*tanh(2x/3) when ``lecun=True``."""
 
@@ -96,6 +100,7 @@ class Tanh(Layer):
         return "Tanh(lecun=True)" if self.lecun else "Tanh()"
 
 
+@register("softplus")
 class Softplus(Layer):
     """log(1 + exp(x)), stable; its derivative is the sigmoid."""
 
@@ -107,6 +112,7 @@ class Softplus(Layer):
         return dy * sigmoid(self._x)
 
 
+@register("elu")
 class ELU(Layer):
     """x for x > 0, alpha*(exp(x) - 1) otherwise."""
 
@@ -126,6 +132,7 @@ class ELU(Layer):
         return f"ELU(alpha={self.alpha})"
 
 
+@register("selu")
 class SELU(ELU):
     """Self-normalizing ELU: LAMBDA * ELU_ALPHA(x) (Klambauer et al. 2017); pair with lecun_normal init."""
 
@@ -145,6 +152,7 @@ class SELU(ELU):
         return "SELU()"
 
 
+@register("softmax")
 class Softmax(Layer):
     """Softmax over the last axis; backward is the full Jacobian-vector product y*(dy - <dy, y>)."""
 

@@ -24,6 +24,24 @@ A layer is a forward/backward pair plus the arrays it owns:
 
 import numpy as np
 
+TYPES = {}  # config type name -> layer class: what ``[[model.layers]] type = "..."`` may name
+
+
+def register(type_name):
+    """Class decorator that makes a layer available to configs as ``type = "<type_name>"``.
+
+    Its constructor's arguments are the layer's config keys (``in_features``/``in_channels``/``num_features``
+    left out are inferred from the input); the decorated class gets ``type_name``.
+    """
+    def add(cls):
+        known = TYPES.get(type_name)
+        if known is not None and known.__qualname__ != cls.__qualname__:
+            raise ValueError(f"layer type {type_name!r} is registered twice: {known.__name__} and {cls.__name__}")
+        TYPES[type_name] = cls
+        cls.type_name = type_name
+        return cls
+    return add
+
 
 class Layer:
     """Base class: no parameters, identity shape."""

@@ -12,7 +12,7 @@ import numpy as np
 
 from .. import init as initializers
 from ..errors import ConfigError
-from .base import Layer
+from .base import Layer, register
 from .im2col import (CHWN, CNHW, NCHW, Scratch, col2im, cols_shape, conv_output_size, im2col, layout_shape, pad_into,
                      padding_amounts, pair, to_nchw, unpad)
 
@@ -149,6 +149,7 @@ class _ConvBase(Layer):
                 f"k={_kernel_text(self.kernel_size)}, s={s}, p={pad}{bias})")
 
 
+@register("conv2d")
 class Conv2D(_ConvBase):
     """2-D cross-correlation: x (N, C, H, W) -> (N, O, Ho, Wo); W (O, C, kh, kw), b (O,)."""
 
@@ -291,6 +292,7 @@ class Conv2D(_ConvBase):
         return 2 * self.in_channels * self.kernel_size[0] * self.kernel_size[1] * self.out_channels * ho * wo
 
 
+@register("conv_transpose2d")
 class ConvTranspose2D(_ConvBase):
     """Transposed convolution, the adjoint of Conv2D: W (in, out, kh, kw); output (n-1)*s - 2*p + k."""
 

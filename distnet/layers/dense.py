@@ -4,9 +4,10 @@ import numpy as np
 
 from .. import init as initializers
 from ..errors import ConfigError
-from .base import Layer
+from .base import Layer, register
 
 
+@register("dense")
 class Dense(Layer):
     """y = x @ W + b with W (in, out), b (out,); ``in_features=None`` is inferred from a 1-D input shape."""
 

@@ -8,7 +8,7 @@ windows accumulate.
 import numpy as np
 
 from ..errors import ConfigError
-from .base import Layer
+from .base import Layer, register
 from .im2col import Scratch, pair
 
 
@@ -61,6 +61,7 @@ class _Pool2D(Layer):
         return f"{type(self).__name__}({text(k)}" + ("" if s == k else f", stride={text(s)}") + ")"
 
 
+@register("maxpool2d")
 class MaxPool2D(_Pool2D):
     """Maximum over each window; the gradient goes to the first maximum of the window (ties after ReLU)."""
 
@@ -99,6 +100,7 @@ class MaxPool2D(_Pool2D):
         return self.hold("dx", dx)
 
 
+@register("avgpool2d")
 class AvgPool2D(_Pool2D):
     """Mean over each window."""
 

@@ -2,9 +2,10 @@
 
 import math
 
-from .base import Layer
+from .base import Layer, register
 
 
+@register("flatten")
 class Flatten(Layer):
     """Reshape each sample to 1-D (a view when the input is contiguous)."""
 
