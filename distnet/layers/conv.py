@@ -138,8 +138,16 @@ class _ConvBase(Layer):
     def _input(self, x):
         x = np.asarray(x, dtype=self.dtype)
         if x.ndim != 4 or x.shape[1] != self.in_channels:
-            raise ConfigError(f"{self!r} expects input (N, {self.in_channels}, H, W), got {x.shape}")
+            raise ValueError(f"{self!r} expects input (N, {self.in_channels}, H, W), got {x.shape}")
         return x
+
+    def _fit(self, geometry, hw):
+        """``geometry(hw)`` for an input met in forward, where a misfit is a program error (ValueError), not a
+        configuration one (ConfigError, as when the model is built)."""
+        try:
+            return geometry(hw)
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
 
     def __repr__(self):
         pad = self.padding if isinstance(self.padding, str) else _kernel_text(pair(self.padding, "padding"))
@@ -198,7 +206,7 @@ class Conv2D(_ConvBase):
     def forward(self, x, training=True):
         x = self._input(x)
         n, c, h, w = x.shape
-        pads, (ho, wo) = self.geometry((h, w))
+        pads, (ho, wo) = self._fit(self.geometry, (h, w))
         (kh, kw), o = self.kernel_size, self.out_channels
         sp = self.spectrum((h, w), pads)
         if sp is not None:
@@ -322,7 +330,7 @@ class ConvTranspose2D(_ConvBase):
     def forward(self, x, training=True):
         x = self._input(x)
         n, ci, h, w = x.shape
-        ho, wo = self.spatial_output((h, w))
+        ho, wo = self._fit(self.spatial_output, (h, w))
         (kh, kw), (pt, pb, pl, pr), co = self.kernel_size, self.pads, self.out_channels
         x2 = self.scratch.get("x2", (ci, n * h * w), self.dtype)
         x2.reshape(ci, n, h, w)[...] = x.transpose(1, 0, 2, 3)

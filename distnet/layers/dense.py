@@ -44,7 +44,7 @@ class Dense(Layer):
     def forward(self, x, training=True):
         x = np.asarray(x, dtype=self.dtype)
         if x.ndim != 2 or x.shape[1] != self.in_features:
-            raise ConfigError(f"{self!r} expects input (N, {self.in_features}), got {x.shape}")
+            raise ValueError(f"{self!r} expects input (N, {self.in_features}), got {x.shape}")
         self._x = x
         y = x @ self.params["W"]
         if self.bias:

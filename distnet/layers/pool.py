@@ -28,12 +28,20 @@ class _Pool2D(Layer):
             raise ConfigError(f"{type(self).__name__} needs per-sample input (C, H, W), got {input_shape}")
         return (input_shape[0], *self.out_hw(input_shape[1:]))
 
-    def out_hw(self, hw):
+    def out_hw(self, hw, error=ConfigError):
+        """Output (Ho, Wo) for input (H, W); ``error`` is raised when the window does not fit (ValueError in
+        forward, a program error; ConfigError when the model is built)."""
         (kh, kw), (sh, sw) = self.kernel_size, self.stride
         ho, wo = (hw[0] - kh) // sh + 1, (hw[1] - kw) // sw + 1
         if ho < 1 or wo < 1:
-            raise ConfigError(f"{self!r} does not fit the input {tuple(hw)}")
+            raise error(f"{self!r} does not fit the input {tuple(hw)}")
         return ho, wo
+
+    def forward_hw(self, x):
+        """``out_hw`` of a forward input x (N, C, H, W)."""
+        if x.ndim != 4:
+            raise ValueError(f"{self!r} expects input (N, C, H, W), got {x.shape}")
+        return self.out_hw(x.shape[2:], ValueError)
 
     def offsets(self, a, out_hw):
         """(index, view) for each kernel offset: the (N, C, Ho, Wo) view of ``a`` it covers."""
@@ -70,7 +78,7 @@ class MaxPool2D(_Pool2D):
         self.scratch = Scratch()  # private work arrays, reused: fresh ones cost page faults every step
 
     def forward(self, x, training=True):
-        out_hw = self.out_hw(x.shape[2:])
+        out_hw = self.forward_hw(x)
         views = self.offsets(x, out_hw)
         y = np.array(next(views)[1])
         index = np.min_scalar_type(self.kernel_size[0] * self.kernel_size[1] - 1)
@@ -105,7 +113,7 @@ class AvgPool2D(_Pool2D):
     """Mean over each window."""
 
     def forward(self, x, training=True):
-        out_hw = self.out_hw(x.shape[2:])
+        out_hw = self.forward_hw(x)
         views = self.offsets(x, out_hw)
         _, first = next(views)
         y = first.copy()
