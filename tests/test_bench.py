@@ -1,7 +1,9 @@
 """``distnet bench compute`` and ``distnet bench train``: tables, JSON, and figures that add up."""
 
 import json
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from distnet.bench.train import measured
@@ -46,27 +48,23 @@ def test_bench_compute_table_for_a_cnn_preset():
     assert "% of the measured peak" in out
 
 
-def _line(step, **ms):
-    return json.dumps({"event": "train", "step": step, "samples_per_s": 1000.0,
-                       **{f"ms_{ph}": ms.get(ph, 1.0) for ph in PHASES}})
-
-
-def test_measured_drops_warmup_and_windows_after_an_evaluation(tmp_path):
-    lines = [_line(5, data=100.0),                      # warm-up window (steps 0-4): dropped
-             _line(10, data=2.0),                       # steps 5-9
-             _line(12, data=4.0),                       # epoch end at 12 (a short window)
-             json.dumps({"event": "eval", "step": 12}),
-             _line(15, data=500.0),                     # holds the evaluation: dropped
-             _line(20, data=2.0),
-             json.dumps({"event": "summary", "step": 20})]
-    path = tmp_path / "m.jsonl"
-    path.write_text("\n".join(lines) + "\n")
-    r = measured(path, warmup=5, global_batch=10)
-    assert r["steps_measured"] == 5 + 2 + 5
-    assert r["phases_ms"]["data"] == pytest.approx((5 * 2 + 2 * 4 + 5 * 2) / 12)
-    assert r["phases_ms"]["forward"] == pytest.approx(1.0)
-    assert r["samples_per_s"] == pytest.approx(1000.0)
-    assert r["step_ms"] == pytest.approx(sum(r["phases_ms"].values()))
+def test_measured_drops_warmup_and_the_first_step_of_each_epoch():
+    # 2 ranks, steps 0-19, 12 steps per epoch: warm-up 5 drops steps 0-4, and step 12 (an epoch's first,
+    # which holds the reader's start) is left out too. Rank 0 spends 1 ms per phase, 9 ms of data at step 12;
+    # rank 1 waits 0.5 ms in comm on even steps and 2 ms on odd ones.
+    steps = np.arange(20)
+    ph = np.full((2, 20, len(PHASES)), 1e-3)
+    ph[0, 12, PHASES.index("data")] = 9e-3
+    ph[1, :, PHASES.index("comm")] = np.where(steps % 2, 2e-3, 0.5e-3)
+    run = SimpleNamespace(steps_per_epoch=12, batch=10)
+    r = measured(SimpleNamespace(timings={"steps": steps, "phases": ph}, run=run), warmup=5)
+    assert r["steps_measured"] == 14
+    assert r["phases_ms"] == pytest.approx(dict.fromkeys(PHASES, 1.0))
+    assert r["samples_per_s"] == pytest.approx(10 / 5e-3)
+    assert r["step_ms"] == pytest.approx(5.0)
+    odd = sum(1 for s in range(5, 20) if s != 12 and s % 2)
+    assert r["comm_last_arrival_ms"] == pytest.approx((odd * 1.0 + (14 - odd) * 0.5) / 14)
+    assert r["per_rank_phases_ms"][0] == r["phases_ms"]
 
 
 def test_bench_train_one_rank_table_across_an_epoch_end(spirals_data):
@@ -77,7 +75,7 @@ def test_bench_train_one_rank_table_across_an_epoch_end(spirals_data):
     out = result.stdout
     for word in ("data wait", "forward", "backward", "comm wait (exposed)", "optimizer", "samples/s"):
         assert word in out, out
-    assert "68 steps measured after 2 warm-up" in out  # the window after the epoch-end evaluation is dropped
+    assert "69 steps measured after 2 warm-up" in out  # step 62 starts epoch 2 (its reader): left out
     assert "own baseline" in out
 
 

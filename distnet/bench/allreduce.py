@@ -47,14 +47,16 @@ def sizes(lo, hi):
 
 def model_sync(w, name, global_batch, bucket_mb, reps):
     """Backward alone, backward + overlapped bucket sync (exposed wait), and one flat allreduce."""
+    from .. import build
     from .. import config as C
     from ..data import catalog
+    from ..train.profile import last_arrival
 
     cfg = C.load(name)
     shape = tuple(catalog.get(cfg["data"]["dataset"])["input_shape"])
-    model = C.build_model(cfg, shape)
+    model = build.model(cfg, shape)
     model.skip_input_grad()
-    loss = C.build_loss(cfg)
+    loss = build.loss(cfg)
     n = max(global_batch // w.size, 1)
     rng = np.random.default_rng(w.rank)
     x = rng.standard_normal((n, *shape)).astype(model.dtype)
@@ -62,20 +64,18 @@ def model_sync(w, name, global_batch, bucket_mb, reps):
     loss.forward(model.forward(x), y)
     dy = loss.backward()
     bucket = bucket_mb if bucket_mb is not None else cfg["comm"]["bucket_mb"]
-    sync = comm.GradSync(w, model, bucket_bytes=int(bucket * 2 ** 20), overlap=True,
-                         split_bytes=int(cfg["comm"]["split_mb"] * 2 ** 20))
+    sync = comm.sync.Bucketed(w, model, bucket_bytes=int(bucket * 2 ** 20),
+                              split_bytes=int(cfg["comm"]["split_mb"] * 2 ** 20))
     waits = []
 
     def synced():
         sync.begin()
-        model.backward(dy, on_layer_done=sync.on_layer_done)
+        model.backward(dy, sync=sync)
         waits.append(sync.finish())
 
     t_bwd = median_time(w, lambda: model.backward(dy), reps)
     t_sync = median_time(w, synced, reps)
-    # The rank that reaches finish() last waits least: its wait is the communication left over, while the
-    # others' waits also hold the time they spent waiting for it (skew). Min over ranks, per repetition.
-    exposed = float(np.median(np.min(w.allgather(waits[-reps:]), axis=0)))
+    exposed = float(np.median(last_arrival(w.allgather(waits[-reps:]))))
     t_flat = median_time(w, lambda: w.allreduce(model.grads_flat), reps)
     return {"model": name, "params": model.num_params, "bytes": model.grads_flat.nbytes, "buckets": len(sync.buckets),
             "backward_ms": t_bwd * 1e3, "backward_plus_sync_ms": t_sync * 1e3, "exposed_wait_ms": exposed * 1e3,

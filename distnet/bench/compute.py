@@ -50,6 +50,7 @@ def build(name, dtype):
     if name in ("mlp", "cnn"):
         layers, shape = {"mlp": mlp, "cnn": cnn}[name]()
         return Sequential(layers, input_shape=shape, dtype=dtype, seed=0), SoftmaxCrossEntropy(), shape
+    from .. import build as B
     from .. import config as C
     from ..data import catalog
     from ..errors import ConfigError
@@ -59,7 +60,7 @@ def build(name, dtype):
         raise ConfigError(f"{name}: data.dataset is not set, so the input shape is unknown: name a catalog "
                           "dataset in the config")
     shape = tuple(catalog.get(cfg["data"]["dataset"])["input_shape"])
-    return C.build_model(cfg, shape), C.build_loss(cfg), shape
+    return B.model(cfg, shape), B.loss(cfg), shape
 
 
 def conv_method(layer, in_shape):
@@ -228,17 +229,19 @@ def print_table(r, ranks):
 def run(args):
     w = comm.world()
     threads = set_blas_threads(1)
-    err, r = None, None
-    try:
-        if args.batch < 1 or args.repeats < 1 or args.warmup < 0:
-            from ..errors import UserError
-            raise UserError("--batch and --repeats must be >= 1 and --warmup >= 0")
-        r = measure(args.model, args.batch, args.dtype, args.repeats, args.warmup, gemm=not args.no_gemm)
-    except Exception as e:  # noqa: BLE001 - agreed on below, so no rank is left waiting
-        err = e
-    code = comm.settle(w, err)
+    out = {}
+
+    def body():
+        with comm.agreed(w):  # no rank is left waiting when one fails
+            if args.batch < 1 or args.repeats < 1 or args.warmup < 0:
+                from ..errors import UserError
+                raise UserError("--batch and --repeats must be >= 1 and --warmup >= 0")
+            out["r"] = measure(args.model, args.batch, args.dtype, args.repeats, args.warmup, gemm=not args.no_gemm)
+
+    code = comm.run_on_every_rank(w, body)
     if code:
         return code
+    r = out["r"]
     ranks = w.allgather({"peak_gflops": r["peak_gflops"], "ms": r["total"]["ms"], "gflops": r["total"]["gflops"]})
     if w.rank != 0:
         return 0

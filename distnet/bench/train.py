@@ -1,14 +1,15 @@
 """``distnet bench train``: a short training run on the real data, measured.
 
-It runs the real training loop (``distnet.train.loop.train``, with its ``--profile`` step timer) for
-``--warmup`` + ``--steps`` steps, no evaluation and no checkpoints, and reports from the steps after the
-warm-up:
+It runs the real training loop (``distnet.train.loop.train``, with its step timer) for ``--warmup`` +
+``--steps`` steps, no evaluation and no checkpoints, and reports from the steps after the warm-up (leaving
+out the first step of an epoch, which holds the reader's start), from the per-step timings ``train``
+returns:
 
 - the mean step split into data wait, forward, backward, exposed communication wait and optimizer (rank
-  0's timer: rank 0's comm wait also absorbs any lateness of the other ranks); from the timer's trace,
-  every rank's phases, and the comm wait of the rank that arrived last at it (min over ranks per step),
-  which waiting for other ranks cannot explain;
-- samples/s (wall time of the measured steps over the global samples they processed);
+  0's timer: rank 0's comm wait also absorbs any lateness of the other ranks); every rank's phases, and the
+  comm wait of the rank that arrived last at it (min over ranks per step), which waiting for other ranks
+  cannot explain;
+- samples/s (the measured steps' global samples over their time);
 - beside the exposed comm wait, one plain blocking MPI_Allreduce of the whole gradient buffer (the
   project floor: exposed wait per step <= half of that allreduce);
 - scaling efficiency against one rank: after the P-rank run, rank 0 runs the 1-rank baseline as a
@@ -17,32 +18,25 @@ warm-up:
   strong scaling (same global batch B):  eff = sps(P, B) / (P x sps(1, B))
   weak scaling (same per-rank batch B/P): eff = sps(P, B) / (P x sps(1, B/P))
 
-The warm-up excludes itself through the metrics file: metric lines are written every gcd(warmup, steps)
-steps, each with the timer's per-phase means over its window, and the windows before the warm-up ends are
-dropped (so is a window that follows an epoch-end evaluation, if the run crosses an epoch).
-
     mpiexec -n 2 distnet bench train fashion-mlp
     mpiexec -n 2 distnet bench train fashion-cnn --steps 30 --json
 """
 
 import json
-import math
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
 from .. import comm
 from .. import config as C
 from ..errors import UserError
-from ..train.profile import PHASES
-from .allreduce import median_time
 from ..blas import set_blas_threads
+from ..train.loop import train
+from ..train.profile import PHASES, last_arrival
+from .allreduce import median_time
 
 # Launcher variables a child must not inherit: with them it could try to join this MPI job.
 _LAUNCHER_PREFIXES = ("PMI_", "PMIX_", "HYDRA_", "HYDI_", "MPIR_", "OMPI_", "MPI_LOCAL")
@@ -64,65 +58,40 @@ def add_arguments(p):
 
 
 def load_config(args):
-    """The config as ``distnet train`` resolves it, then the bench's overrides: a short, quiet run."""
+    """The config as ``distnet train`` resolves it, then the bench's overrides: a short, quiet, profiled run
+    that writes no files."""
     if args.steps < 1 or args.warmup < 0:
         raise UserError("--steps must be >= 1 and --warmup >= 0")
     total = args.warmup + args.steps
     sets = list(args.set)
+    if args.data:
+        sets.append(f"data.path={json.dumps(args.data)}")
     if args.batch_size is not None:
         sets.append(f"train.batch_size={args.batch_size}")
     cfg = C.load(args.config, sets=sets)
-    bench = {"max_steps": total, "eval_every": 0, "patience": 0, "log_every": math.gcd(args.warmup, args.steps),
-             "epochs": max(cfg["train"]["epochs"], total)}  # max_steps, not epochs, ends the run
-    cfg["train"].update(bench)
-    cfg["checkpoint"].update(dir="", every=0)
+    cfg["train"].update(max_steps=total, eval_every=0, patience=0, log_every=total,
+                        epochs=max(cfg["train"]["epochs"], total))  # max_steps, not epochs, ends the run
+    cfg["checkpoint"].update(dir="", every=0, resume=False)
+    cfg["log"].update(metrics="", trace="", profile=True, quiet=True)
     return cfg
 
 
-def measured(metrics_path, warmup, global_batch):
-    """Per-phase mean ms and samples/s over the metric windows after the warm-up."""
-    steps, seconds, phase_ms, dirty, prev, kept = 0, 0.0, dict.fromkeys(PHASES, 0.0), False, 0, []
-    for line in Path(metrics_path).read_text().splitlines():
-        rec = json.loads(line)
-        if rec["event"] == "eval":
-            dirty = True  # the next window holds the evaluation's time
-        if rec["event"] != "train":
-            continue
-        n, prev = rec["step"] - prev, rec["step"]
-        if rec["step"] - n >= warmup and not dirty and n > 0:
-            steps += n
-            kept.append((rec["step"] - n, rec["step"]))
-            seconds += n * global_batch / float(rec["samples_per_s"])
-            for ph in PHASES:
-                phase_ms[ph] += n * float(rec[f"ms_{ph}"])
-        dirty = False
-    if not steps:
-        raise RuntimeError(f"no measured steps in {metrics_path}: every window was warm-up or held an evaluation")
-    phases = {ph: v / steps for ph, v in phase_ms.items()}
-    return {"steps_measured": steps, "phases_ms": phases, "step_ms": sum(phases.values()),
-            "wall_ms_per_step": 1e3 * seconds / steps, "samples_per_s": steps * global_batch / seconds,
-            "measured_steps": kept}
-
-
-def per_rank(trace_path, kept):
-    """From the step timer's trace (every rank's phases): each rank's mean ms per phase over the measured
-    steps, and the comm wait of the rank that arrived last at it (min over ranks, per step): the wait that
-    waiting for other ranks cannot explain."""
-    events = json.loads(Path(trace_path).read_text())["traceEvents"]
-    wanted = {s for a, b in kept for s in range(a, b)}
-    ranks = sorted({e["pid"] for e in events if e.get("ph") == "X"})
-    sums = {r: dict.fromkeys(PHASES, 0.0) for r in ranks}
-    comm = {}  # step -> rank -> ms
-    for e in events:
-        if e.get("ph") != "X" or e["args"]["step"] not in wanted:
-            continue
-        sums[e["pid"]][e["name"]] += e["dur"] / 1e3
-        if e["name"] == "comm":
-            comm.setdefault(e["args"]["step"], {})[e["pid"]] = e["dur"] / 1e3
-    n = max(len(wanted), 1)
-    full = [c for c in comm.values() if len(c) == len(ranks)]
-    return {"per_rank_phases_ms": [{ph: v / n for ph, v in sums[r].items()} for r in ranks],
-            "comm_last_arrival_ms": sum(min(c.values()) for c in full) / len(full) if full else None}
+def measured(result, warmup):
+    """Per-phase means (rank 0's, and every rank's), samples/s and the last rank's comm wait over the steps
+    after WARMUP, leaving out each epoch's first step (it holds the reader's start for that epoch)."""
+    t, per_epoch, B = result.timings, result.run.steps_per_epoch, result.run.batch
+    keep = (t["steps"] >= warmup) & (t["steps"] % per_epoch != 0)
+    if not keep.any():
+        raise RuntimeError("no measured steps: every step was warm-up or an epoch's first")
+    ph = t["phases"][:, keep]  # (ranks, steps, phases), seconds
+    rank0 = ph[0].mean(axis=0) * 1e3
+    phases = dict(zip(PHASES, map(float, rank0)))
+    seconds = float(ph[0].sum())
+    last = last_arrival(ph[:, :, PHASES.index("comm")])
+    return {"steps_measured": int(keep.sum()), "phases_ms": phases, "step_ms": sum(phases.values()),
+            "wall_ms_per_step": 1e3 * seconds / keep.sum(), "samples_per_s": keep.sum() * B / seconds,
+            "per_rank_phases_ms": [dict(zip(PHASES, map(float, r.mean(axis=0) * 1e3))) for r in ph],
+            "comm_last_arrival_ms": 1e3 * float(last.mean()) if ph.shape[0] > 1 else None}
 
 
 def sleeping_barrier(w, poll_s=0.005):
@@ -155,8 +124,6 @@ def baseline(args, global_batch):
 
 
 def run(args):
-    from ..train.loop import Stop, run_on_every_rank, setup, train
-
     w = comm.world()
     threads = set_blas_threads(1)
     try:
@@ -166,17 +133,12 @@ def run(args):
             print(f"distnet: error: {e}", file=sys.stderr, flush=True)
         return e.exit_code
     B, p = cfg["train"]["batch_size"], w.size
-    tmp = w.bcast(tempfile.mkdtemp(prefix="distnet-bench-") if w.rank == 0 else None)
-    metrics_path, trace_path = os.path.join(tmp, "metrics.jsonl"), os.path.join(tmp, "trace.json")
-    # every rank names the trace (writing it is a collective); only rank 0 writes either file
-    opts = dict(data=args.data, metrics=metrics_path, trace=trace_path, quiet=True, profile=True)
     out = {}
 
     def body():
-        train(cfg, opts)  # validates data and config exactly as distnet train does (one-line error, exit 2)
-        if w.rank == 0:
-            out["result"] = measured(metrics_path, args.warmup, B)
-            out["result"].update(per_rank(trace_path, out["result"].pop("measured_steps")))
+        res = train(cfg)  # validates data and config exactly as distnet train does (one-line error, exit 2)
+        out["result"] = measured(res, args.warmup)
+        out["grads"] = grads = res.run.model.grads_flat
         # -- 1-rank baselines, run by rank 0 while the others sleep ---------------------------------------
         base_err = None
         if p > 1 and not args.no_baseline:
@@ -188,17 +150,11 @@ def run(args):
             sleeping_barrier(w)
             base_err = w.bcast(base_err)
             if base_err:
-                raise Stop(base_err, 1)
+                raise comm.Stop(base_err, 1)
         # -- one plain allreduce of the whole gradient buffer -----------------------------------------------
-        _, model, _, _ = setup(cfg, opts, w)
-        out["grads"] = model.grads_flat
-        out["flat_s"] = median_time(w, lambda: comm.flat_allreduce(w, out["grads"]), args.reps) if p > 1 else None
+        out["flat_s"] = median_time(w, lambda: w.allreduce(grads), args.reps) if p > 1 else None
 
-    try:
-        code = run_on_every_rank(w, body)
-    finally:
-        if w.rank == 0:
-            shutil.rmtree(tmp, ignore_errors=True)
+    code = comm.run_on_every_rank(w, body)
     if code or w.rank != 0:
         return code
     result, base, grads, flat_s = out["result"], out.get("base"), out["grads"], out["flat_s"]

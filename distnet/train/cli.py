@@ -32,23 +32,41 @@ def add_arguments(p):
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
 
-FLAGS = {"epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "optimizer.lr", "seed": "train.seed",
-         "accumulate": "train.accumulate", "checkpoint_every": "checkpoint.every"}
+# Every flag is a config key: the resolved config (--print-config, the checkpoint's copy) is the whole run.
+FLAGS = {"data": "data.path", "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "optimizer.lr",
+         "seed": "train.seed", "accumulate": "train.accumulate", "metrics": "log.metrics",
+         "checkpoint_dir": "checkpoint.dir", "checkpoint_every": "checkpoint.every", "resume": "checkpoint.resume",
+         "profile": "log.profile", "trace": "log.trace", "quiet": "log.quiet", "progress": "log.progress"}
+
+
+def flag_sets(args):
+    """``--set`` items for the flags given on the command line (after the user's own --set items, so flags
+    win), values in TOML syntax."""
+    out = []
+    for flag, key in FLAGS.items():
+        value = getattr(args, flag, None)
+        if value is None or value is False:
+            continue
+        if isinstance(value, str):
+            value = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        elif isinstance(value, bool):
+            value = "true"
+        out.append(f"{key}={value}")
+    return out
 
 
 def resolve(args):
-    sets = [f"{key}={getattr(args, flag)}" for flag, key in FLAGS.items() if getattr(args, flag) is not None]
-    return C.load(args.config, sets=list(args.set) + sets)
+    return C.load(args.config, sets=list(args.set) + flag_sets(args))
 
 
 def run(args):
-    from .loop import run_on_every_rank, train
+    from .loop import train
     from .metrics import progress_mode
 
     w = comm.world()
     try:
         cfg = resolve(args)  # every rank parses the same file: all fail alike, no collective needed
-        progress_mode(args.progress or "auto")  # a bad DISTNET_PROGRESS fails here, on every rank alike
+        cfg["log"]["progress"] = progress_mode(cfg["log"]["progress"])  # DISTNET_PROGRESS, the terminal
     except UserError as e:
         if w.rank == 0:
             print(f"distnet: error: {e}", file=sys.stderr, flush=True)
@@ -57,9 +75,7 @@ def run(args):
         if w.rank == 0:
             print(C.to_toml(cfg))
         return 0
-    # Ranks on one machine must not each start a BLAS thread per core: N ranks x all cores threads run
-    # several times slower than N x cores/N. The user's OPENBLAS/OMP/MKL_NUM_THREADS wins when set.
+    # Ranks on one host must not each start a BLAS thread per core: N ranks x all cores threads run several
+    # times slower than N x cores/N. The user's OPENBLAS/OMP/MKL_NUM_THREADS wins when set.
     threads = blas.configure(w)
-    opts = dict(blas_threads=threads, data=args.data, metrics=args.metrics, checkpoint_dir=args.checkpoint_dir,
-                resume=args.resume, quiet=args.quiet, profile=args.profile, trace=args.trace, progress=args.progress)
-    return run_on_every_rank(w, lambda: train(cfg, opts))
+    return comm.run_on_every_rank(w, lambda: train(cfg, blas_threads=threads))

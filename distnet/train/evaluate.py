@@ -2,8 +2,6 @@
 
 import numpy as np
 
-from .. import comm
-
 
 class Evaluator:
     """Evaluates a model on named splits again and again (each epoch), keeping each split's reader open."""
@@ -27,7 +25,7 @@ class Evaluator:
             loss_sum += self.loss.forward(out, y) * len(y)
             correct += self.loss.correct(out, y)
             n += len(y)
-        loss_sum, correct, n = comm.stats_allreduce(w, [loss_sum, correct, n])
+        loss_sum, correct, n = w.sum([loss_sum, correct, n])
         return loss_sum / max(n, 1), correct / max(n, 1), int(n)
 
     def close(self):

@@ -34,6 +34,21 @@ class MetricsWriter:
             self.file = None
 
 
+def train_windows(records, warmup=0, batch=None):
+    """The windows of "train" metric lines that measure training alone, as (first step, steps, seconds):
+    each line covers the steps after the previous train line up to its own; left out are windows that
+    start before WARMUP (the first holds start-up) and windows that cross an epoch end (they hold the
+    next epoch's reader start). ``batch`` (the global batch) turns samples/s back into seconds."""
+    out, prev_step, prev_epoch = [], 0, None
+    for rec in (r for r in records if r.get("event") == "train"):
+        start, n = prev_step, rec["step"] - prev_step
+        crossed = prev_epoch is not None and rec["epoch"] != prev_epoch
+        prev_step, prev_epoch = rec["step"], rec["epoch"]
+        if start >= warmup and not crossed and n > 0:
+            out.append((start, n, n * batch / rec["samples_per_s"] if batch else None))
+    return out
+
+
 def _clean(v):
     if hasattr(v, "item"):
         v = v.item()

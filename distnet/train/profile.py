@@ -1,87 +1,113 @@
 """Where a step's time goes: data wait, forward, backward, exposed communication wait, optimizer.
 
-``mark(phase)`` charges the time since the previous mark to ``phase`` (``None`` charges nothing, e.g. for
-logging and evaluation). With a trace path, every phase of every step on every rank is also kept and
-written at the end as Chrome trace-event JSON (open it in https://ui.perfetto.dev or chrome://tracing):
-one process row per rank, so a late rank stands out.
+``StepTimer`` is an observer: it becomes the run's phase clock (``run.mark``), and ``mark(phase)`` charges
+the time since the previous mark to ``phase`` (``None`` charges nothing, e.g. for logging and evaluation).
+It keeps every step's phases (up to ``max_steps_kept``), so a run can hand back its per-step timings and
+the wait of the last rank to arrive; with a trace path it also writes them at the end as Chrome trace-event
+JSON (open in https://ui.perfetto.dev or chrome://tracing): one process row per rank, so a late rank
+stands out.
 """
 
 import json
 import time
 
+import numpy as np
+
+from .observers.base import Observer
+
 PHASES = ("data", "forward", "backward", "comm", "optimizer")
+_COMM = PHASES.index("comm")
 
 
-class StepTimer:
-    def __init__(self, world, enabled=False, trace_path=None, max_events=200_000):
+def last_arrival(comm_waits):
+    """Per step, the comm wait of the rank that reached the collective last: the smallest over ranks. The
+    other ranks' waits also hold the time they waited for it (skew), so this is the communication itself.
+    ``comm_waits``: one sequence per rank of per-step waits (cut to the shortest)."""
+    n = min((len(w) for w in comm_waits), default=0)
+    return np.min(np.array([np.asarray(w[:n], np.float64) for w in comm_waits]), axis=0) if n else np.zeros(0)
+
+
+class StepTimer(Observer):
+    def __init__(self, world, enabled=False, trace_path=None, max_steps_kept=200_000):
         self.world = world
         self.enabled = enabled or bool(trace_path)
         self.trace_path = trace_path
-        self.max_events = max_events
-        self.window = dict.fromkeys(PHASES, 0.0)
-        self.total = dict.fromkeys(PHASES, 0.0)
+        self.max_steps_kept = max_steps_kept
+        self.window = np.zeros(len(PHASES))
+        self.now = np.zeros(len(PHASES))  # this step's phases so far
         self.steps_in_window = 0
-        self.steps = 0
-        self.events = []
-        self.last = time.perf_counter()
+        self.rows = []  # per step: (step, start, *phases), seconds on perf_counter
+        self.last = self.start = time.perf_counter()
         self.origin_us = time.time_ns() / 1000 - self.last * 1e6  # perf_counter -> wall-clock microseconds
-        self.step = 0
-        self.first_step = dict.fromkeys(PHASES, 0.0)
-        self.comm_waits = []  # this rank's comm wait per step (seconds), for the last-arrival figure
-        self._comm_now = 0.0
 
+    # -- as an observer ---------------------------------------------------------------------------------
+    def on_start(self, run):
+        if self.enabled:
+            run.mark = self.mark
+        self.mark(None)  # setup is nobody's phase
+
+    def on_batch(self, run, x, y):
+        self.mark("data")
+
+    def on_step(self, run, stats):
+        self.end_step(stats.step)
+
+    # -- the clock --------------------------------------------------------------------------------------
     def mark(self, phase):
         now = time.perf_counter()
         if phase is not None:
-            dt = now - self.last
-            self.window[phase] += dt
-            if phase == "comm":
-                self._comm_now += dt
-            if self.trace_path and len(self.events) < self.max_events:
-                self.events.append((phase, self.last, dt, self.step))
+            self.now[PHASES.index(phase)] += now - self.last
+        elif not self.now.any():
+            self.start = now  # nothing of this step yet: it starts after the uncharged time (the trace's origin)
         self.last = now
 
     def end_step(self, step):
-        if self.steps == 0:
-            self.first_step = dict(self.window)  # setup costs: reader start, first batch, caches
-        if self.enabled and len(self.comm_waits) < self.max_events:
-            self.comm_waits.append(self._comm_now)
-        self._comm_now = 0.0
+        if len(self.rows) < self.max_steps_kept:
+            self.rows.append((step, self.start, *self.now))
+        self.window += self.now
+        self.now[:] = 0.0
         self.steps_in_window += 1
-        self.steps += 1
-        self.step = step + 1
+        self.start = self.last
 
     def summary(self):
         """Mean milliseconds per step of each phase since the last summary (for the metrics lines)."""
-        n = max(self.steps_in_window, 1)
-        out = {f"ms_{k}": 1e3 * v / n for k, v in self.window.items()}
-        for k, v in self.window.items():
-            self.total[k] += v
-        self.window = dict.fromkeys(PHASES, 0.0)
+        out = {f"ms_{k}": 1e3 * v / max(self.steps_in_window, 1) for k, v in zip(PHASES, self.window)}
+        self.window[:] = 0.0
         self.steps_in_window = 0
         return out
 
-    def totals(self):
-        """Mean milliseconds per step of each phase over the run, leaving out the first step (which pays
-        for setup: the reader's start, the first batch, cold caches), for the summary line; plus
-        ``ms_comm_last_arrival_mean``: per step the smallest comm wait over ranks, which is the wait of the
-        rank that arrived last, i.e. communication without the skew between ranks (a collective call)."""
-        self.summary()
-        if self.steps < 2:
-            out = {f"ms_{k}_mean": 1e3 * v / max(self.steps, 1) for k, v in self.total.items()}
-        else:
-            out = {f"ms_{k}_mean": 1e3 * (v - self.first_step[k]) / (self.steps - 1) for k, v in self.total.items()}
-        waits = self.world.allgather(self.comm_waits[1:])
-        n = min(len(x) for x in waits)
-        out["ms_comm_last_arrival_mean"] = 1e3 * sum(min(x[i] for x in waits) for i in range(n)) / n if n else None
+    def timings(self):
+        """Every rank's kept steps (collective): {"steps": (S,) step numbers, "phases": (ranks, S, phases)
+        seconds}, over the steps every rank kept."""
+        mine = np.array(self.rows, np.float64).reshape(-1, 2 + len(PHASES))
+        everyone = self.world.allgather(mine)
+        n = min(len(r) for r in everyone)
+        return {"steps": mine[:n, 0].astype(np.int64), "phases": np.stack([r[:n, 2:] for r in everyone])}
+
+    def totals(self, timings=None):
+        """Mean milliseconds per step of each phase over the run, leaving out the first step (it pays for
+        setup: the reader's start, the first batch, cold caches), and ``ms_comm_last_arrival_mean``, the
+        mean over steps of ``last_arrival``. Collective unless ``timings`` (from ``timings()``) is given."""
+        t = self.timings() if timings is None else timings
+        ph = t["phases"][:, 1:] if t["phases"].shape[1] > 1 else t["phases"]
+        out = {f"ms_{k}_mean": 1e3 * float(v) for k, v in zip(PHASES, ph[self.world.rank].mean(axis=0))} \
+            if ph.shape[1] else {f"ms_{k}_mean": 0.0 for k in PHASES}
+        last = last_arrival(ph[:, :, _COMM])
+        out["ms_comm_last_arrival_mean"] = 1e3 * float(last.mean()) if last.size else None
         return out
 
     def write_trace(self):
-        """Gather every rank's events to rank 0 and write the Chrome trace (a collective call)."""
+        """Gather every rank's phases to rank 0 and write the Chrome trace (collective)."""
         if not self.trace_path:
             return
-        mine = [{"name": ph, "ph": "X", "pid": self.world.rank, "tid": 0, "ts": round(self.origin_us + t * 1e6, 1),
-                 "dur": round(dt * 1e6, 1), "args": {"step": s}} for ph, t, dt, s in self.events]
+        mine = []
+        for step, start, *phases in self.rows:
+            t = start
+            for name, dt in zip(PHASES, phases):  # the phases of a step, laid end to end from its start
+                mine.append({"name": name, "ph": "X", "pid": self.world.rank, "tid": 0,
+                             "ts": round(self.origin_us + t * 1e6, 1), "dur": round(dt * 1e6, 1),
+                             "args": {"step": int(step)}})
+                t += dt
         everyone = self.world.allgather(mine)
         if self.world.rank == 0:
             from pathlib import Path

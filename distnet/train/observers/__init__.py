@@ -1,0 +1,21 @@
+"""Observers: everything a training run does besides training, each on its own cadence.
+
+The loop tells every observer, in list order:
+  on_start(run)             before the first step (after setup and resume)
+  on_batch(run, x, y)       a batch is ready, before its step
+  on_step(run, stats)       after each step, with the step's statistics (``train.step.Stats``)
+  on_epoch_end(run)         after an epoch's last step (``run.pos`` already points at the next epoch)
+  on_end(run)               after the last step
+An observer may end the run early by setting ``run.stop`` to a reason. Work that should not count as
+training time (evaluation, checkpoints) runs inside ``run.off_clock()``. A new per-step feature is a new
+observer (or a new statistic), not an edit of the loop.
+"""
+
+from .base import Observer
+from .checkpoints import Checkpoints
+from .early_stop import EarlyStop
+from .evaluation import Evaluation
+from .faults import FaultInjector
+from .log import Log
+
+__all__ = ["Checkpoints", "EarlyStop", "Evaluation", "FaultInjector", "Log", "Observer"]

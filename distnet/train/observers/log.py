@@ -1,0 +1,95 @@
+"""What rank 0 tells the user: metrics JSON lines (the contract in the README) and the progress display.
+
+Epochs are counted from 1 everywhere a user reads them (console, metrics, messages).
+"""
+
+import time
+
+from ..metrics import MetricsWriter, Progress
+from .base import Observer
+
+
+def epoch_label(run):
+    """The 1-based epoch the latest step belongs to (at an epoch end: the epoch just finished)."""
+    pos = run.pos
+    return pos.epoch if pos.step_in_epoch == 0 and pos.epoch > 0 else pos.epoch + 1
+
+
+class Log(Observer):
+    """Train lines every ``train.log_every`` steps and at epoch ends, skip lines, eval lines (for the
+    evaluation observer), the start and summary lines; rank 0 only."""
+
+    def __init__(self, run, timer=None, about=None):
+        lc, self.run, self.timer = run.cfg["log"], run, timer
+        root = run.world.rank == 0
+        self.metrics = MetricsWriter(lc["metrics"] if root else None, append=run.cfg["checkpoint"]["resume"])
+        mode = "none" if lc["quiet"] or not root else lc["progress"]
+        self.progress = Progress(run.total_steps, initial=run.pos.global_step, mode=mode)
+        self.about = about or {}
+        self._new_window()
+
+    def _new_window(self):
+        self.w_loss = self.w_correct = self.w_n = 0.0
+        self.w_steps = 0
+        self.w_start, self.w_paused = time.perf_counter(), self.run.paused_s
+
+    def on_start(self, run):
+        tc, p, B, k = run.cfg["train"], run.world.size, run.batch, run.cfg["train"]["accumulate"]
+        a = self.about
+        self.metrics.write("start", run.pos.global_step, epoch=epoch_label(run), ranks=p, global_batch=B,
+                           params=run.model.num_params, steps_per_epoch=run.steps_per_epoch, data=run.data_dir,
+                           **a)
+        hosts = a.get("hosts") or {}
+        threads = "/".join(map(str, sorted(set(a.get("blas_threads") or []) - {None})))
+        self.progress.line(
+            f"distnet: {p} rank(s)" + (f" x {threads} BLAS thread(s)" if threads else "")
+            + f" on {len(hosts) or 1} host(s)"
+            + (" (" + ", ".join(f"{h} x{len(r)}" for h, r in hosts.items()) + ")" if len(hosts) > 1 else "")
+            + (f", {a['mpi_library']}" if a.get("mpi_library") else ""))
+        self.progress.line(
+            f"distnet: global batch {B} ({B // p} per rank" + (f", {k} micro-steps" if k > 1 else "")
+            + f"), {run.model.num_params:,} parameters, {run.steps_per_epoch} steps/epoch, data {run.data_dir}")
+        if a.get("resumed_from"):
+            self.progress.line(f"distnet: resumed from {a['resumed_from']} at step {run.pos.global_step} "
+                               f"(epoch {epoch_label(run)})")
+        self._new_window()
+
+    def on_step(self, run, stats):
+        if stats.skipped:
+            self.metrics.write("skip", stats.step, epoch=epoch_label(run), reason=stats.skipped)
+        self.w_loss += stats.loss_sum
+        self.w_correct += stats.correct
+        self.w_n += stats.count
+        self.w_steps += 1
+        gs = run.pos.global_step
+        if gs % run.cfg["train"]["log_every"] and run.pos.step_in_epoch != run.steps_per_epoch:
+            return
+        now = time.perf_counter()
+        trained_s = now - self.w_start - (run.paused_s - self.w_paused)  # evaluation and checkpoints left out
+        sps = self.w_steps * run.batch / max(trained_s, 1e-9)
+        loss, acc = self.w_loss / max(self.w_n, 1), self.w_correct / max(self.w_n, 1)
+        extra = self.timer.summary() if self.timer is not None else {}
+        self.metrics.write("train", gs, epoch=epoch_label(run), loss=loss, accuracy=acc, lr=stats.lr,
+                           samples_per_s=sps, grad_norm=stats.grad_norm, **stats.sync, **extra)
+        self.progress.update(self.w_steps, loss=loss, acc=acc, sps=round(sps))
+        self._new_window()
+
+    def eval(self, run, split, loss, accuracy, samples):
+        self.metrics.write("eval", run.pos.global_step, epoch=epoch_label(run), split=split, loss=loss,
+                           accuracy=accuracy, samples=samples)
+        self.progress.line(f"  epoch {epoch_label(run)}/{run.epochs} step {run.pos.global_step}: {split} loss "
+                           f"{loss:.4f} accuracy {accuracy:.4f}")
+
+    def line(self, text):
+        self.progress.line(text)
+
+    def on_end(self, run):
+        self.progress.close()
+
+    def summary(self, run, summary):
+        self.metrics.write("summary", run.pos.global_step, **summary)
+        self.metrics.close()
+        if run.world.rank == 0 and not run.cfg["log"]["quiet"]:
+            best = summary["best_accuracy"]
+            print(f"distnet: done in {summary['wall_s']:.1f} s, {run.pos.global_step} steps, "
+                  + (f"best accuracy {best:.4f}" if best is not None else "no evaluation ran"), flush=True)

@@ -1,0 +1,180 @@
+"""A run: everything one training job holds, built once by ``setup`` and positioned by ``resume``.
+
+Any rank may fail in either (a missing file, a bad checkpoint); callers run them inside ``comm.agreed``.
+"""
+
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .. import build, comm
+from .. import checkpoint as ckpt
+from .. import config as C
+from ..errors import ConfigError, UserError
+from ..schedules import scale_lr
+
+
+@dataclass
+class Position:
+    """Where a run stands; a checkpoint keeps it. ``epoch`` counts completed epochs (0-based index of the
+    epoch in progress; users see ``epoch + 1``)."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    best_metric: float = -1.0  # best evaluation accuracy so far (-1: none yet)
+    bad_evals: int = 0  # evaluations since the validation accuracy last improved
+    skips: int = 0  # steps skipped for a non-finite loss or gradient
+
+
+def _no_clock(phase):
+    pass
+
+
+@dataclass
+class Run:
+    world: object
+    cfg: dict
+    data_dir: str
+    dataset: object
+    train_split: object
+    val_split: object
+    sampler: object
+    reader: object
+    model: object
+    loss: object
+    optimizer: object
+    schedule: object
+    sync: object
+    steps_per_epoch: int
+    total_steps: int
+    pos: Position = field(default_factory=Position)
+    accum: np.ndarray = None  # the earlier micro-steps' gradient sum (accumulation only)
+    samples: int = 0  # global samples trained by this process (a resumed run counts from its start)
+    stop: str = ""  # why the loop should end before its epochs are done ("" = go on)
+    last_eval: float = None  # the latest evaluation's accuracy (validation, else test)
+    mark: object = _no_clock  # a step timer's phase clock (a function of the phase name), when one listens
+    paused_s: float = 0.0  # seconds spent off the clock (evaluation, checkpoints) so far
+
+    @contextmanager
+    def off_clock(self):
+        """Work that is not training (evaluation, checkpoints): left out of samples/s and the step phases."""
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.paused_s += time.perf_counter() - t
+            self.mark(None)
+
+    @property
+    def batch(self):
+        return self.cfg["train"]["batch_size"]
+
+    @property
+    def epochs(self):
+        return self.cfg["train"]["epochs"]
+
+    def done(self):
+        """True when the run should not start another step."""
+        max_steps = self.cfg["train"]["max_steps"]
+        return bool(self.stop) or self.pos.epoch >= self.epochs or bool(max_steps and self.pos.global_step >= max_steps)
+
+    def batches(self):
+        """This rank's (x, y, global sample indices) for the rest of the current epoch; close() it to stop early."""
+        return _Batches(self)
+
+    def meta(self):
+        """What a checkpoint keeps besides arrays: the position and what the position depends on."""
+        s, ds = self.sampler, self.dataset
+        return dict(asdict(self.pos), config=C.to_toml(self.cfg), seed=self.cfg["train"]["seed"],
+                    global_batch=self.batch, world_size=self.world.size, dataset=ds.name,
+                    input_shape=list(ds.input_shape), num_classes=ds.num_classes, num_samples=s.num_samples,
+                    drop_last=s.drop_last)
+
+    def close(self):
+        self.reader.close()
+
+
+class _Batches:
+    """The rest of the current epoch: the reader's batches zipped with the sampler's indices (the sampler
+    recomputes the epoch's order, a single permutation, instead of the reader handing indices through its
+    prefetch thread)."""
+
+    def __init__(self, run):
+        epoch, start = run.pos.epoch, run.pos.step_in_epoch
+        self.data = run.reader.epoch(run.sampler, epoch, start_step=start)
+        self.index = run.sampler.epoch_batches(epoch, start)
+
+    def __iter__(self):
+        for (x, y), (_, idx) in zip(self.data, self.index):
+            yield x, y, idx
+
+    def close(self):
+        if hasattr(self.data, "close"):
+            self.data.close()  # stops the prefetch thread when the epoch ended early
+
+
+def setup(cfg, w):
+    """Open the data, build model, loss, optimizer, schedule and gradient sync on every rank."""
+    from ..data import Augment, BatchReader, Sampler, holdout, open_dataset
+
+    tc, oc = cfg["train"], cfg["optimizer"]
+    B, k, p = tc["batch_size"], tc["accumulate"], w.size
+    if B % (p * k):
+        raise ConfigError(f"global batch {B} is not divisible by ranks x accumulation steps = {p} x {k}: "
+                          f"choose a batch size that is a multiple of {p * k}")
+    data_dir = C.data_path(cfg)
+    if not Path(data_dir).exists():
+        name = cfg["data"]["dataset"] or "NAME"
+        raise UserError(f"dataset folder {data_dir} does not exist: run 'distnet data prepare {name} "
+                        f"--out {data_dir}' or pass --data DIR")
+    ds = open_dataset(data_dir)
+    model = build.model(cfg, ds.input_shape)
+    if model.output_shape != (ds.num_classes,) and tc["loss"] == "softmax_cross_entropy":
+        raise ConfigError(f"the model's output shape {model.output_shape} does not match the "
+                          f"{ds.num_classes} classes of {data_dir}: make the last layer out_features = "
+                          f"{ds.num_classes}")
+    model.skip_input_grad()
+    if w.size > 1:
+        model.distribute(w.allreduce)  # layers with global statistics (synced BatchNorm) sum over ranks
+    train_split, val_split = ds["train"], None
+    if cfg["data"]["val_fraction"] > 0:
+        train_split, val_split = holdout(train_split, cfg["data"]["val_fraction"], tc["seed"])
+    sampler = Sampler(len(train_split), B, w.rank, p, tc["seed"])
+    augment = None
+    if cfg["data"]["augment_shift"] or cfg["data"]["augment_flip"]:
+        augment = Augment(cfg["data"]["augment_shift"], cfg["data"]["augment_flip"], seed=tc["seed"])
+    reader = BatchReader(train_split, mode=cfg["data"]["reader"], dtype=model.dtype, augment=augment,
+                         prefetch=cfg["data"]["prefetch"])
+    total_steps = tc["epochs"] * sampler.steps_per_epoch
+    lr0 = scale_lr(oc["lr"], oc["base_batch"], B, oc["lr_scaling"])
+    return Run(world=w, cfg=cfg, data_dir=data_dir, dataset=ds, train_split=train_split, val_split=val_split,
+               sampler=sampler, reader=reader, model=model, loss=build.loss(cfg),
+               optimizer=build.optimizer(cfg, model, lr0), schedule=build.schedule(cfg, lr0, total_steps),
+               sync=comm.sync.make(w, model, cfg["comm"]), steps_per_epoch=sampler.steps_per_epoch,
+               total_steps=total_steps, accum=np.zeros_like(model.grads_flat) if k > 1 else None)
+
+
+def resume(run):
+    """Load the newest checkpoint of the run's checkpoint folder into it; returns the checkpoint's path."""
+    folder = run.cfg["checkpoint"]["dir"]
+    if not folder:
+        raise ConfigError("--resume needs a checkpoint folder: pass --checkpoint-dir DIR")
+    path = ckpt.latest(folder)
+    if path is None:
+        raise UserError(f"--resume: no checkpoint in {folder}: start without --resume")
+    meta = ckpt.load_training(path, run.model, run.optimizer)
+    if int(meta["global_batch"]) != run.batch:
+        raise ConfigError(f"--resume: {path} was trained with global batch {meta['global_batch']}, "
+                          f"not {run.batch}: resume with --batch-size {meta['global_batch']}")
+    # the same data, seed and batch, or the rest of the run would not follow the saved sample order
+    s = run.sampler
+    s.check_state({"epoch": int(meta["epoch"]), "step": int(meta["step_in_epoch"]),
+                   "global_batch": int(meta["global_batch"]), "seed": int(meta["seed"]),
+                   "num_samples": int(meta.get("num_samples", s.num_samples)),
+                   "drop_last": bool(meta.get("drop_last", s.drop_last))})
+    run.pos = Position(**{k: type(v)(meta[k]) for k, v in asdict(Position()).items()})
+    return path

@@ -1,0 +1,83 @@
+"""One training step: forward, backward with gradient sync, the non-finite policy, clipping, the update.
+
+No printing, no files, no clock of its own: what a step did comes back as ``Stats``, and phase boundaries
+are announced to ``run.mark`` (a step timer's clock when one listens, else nothing).
+"""
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..comm import Stop
+from ..draws import Draws
+from ..optim import clip_grad_norm
+
+
+@dataclass
+class Stats:
+    """What one step did, summed over the global batch (identical on every rank)."""
+
+    step: int  # the global step this was (0-based)
+    loss_sum: float
+    correct: float
+    count: float
+    grad_norm: float
+    lr: float
+    skipped: str = ""  # why the update was skipped ("" = applied)
+    sync: dict = field(default_factory=dict)  # what the gradient-sync strategy measured
+
+
+def step(run, x, y, index):
+    """Train on this rank's part (x, y) of the next global batch; ``index`` holds the samples' global
+    indices, which key their random draws (dropout) so that any rank count draws the same ones."""
+    tc, model, loss, sync, mark = run.cfg["train"], run.model, run.loss, run.sync, run.mark
+    k, B, t = tc["accumulate"], run.batch, run.pos.global_step
+    micro = len(y) // k
+    loss_sum = correct = 0.0
+    for m in range(k):
+        part = slice(m * micro, (m + 1) * micro)
+        xm, ym = (x, y) if k == 1 else (x[part], y[part])
+        model.reseed(Draws(tc["seed"], run.pos.epoch, index[part]))
+        out = model.forward(xm, training=True)
+        loss_sum += loss.forward(out, ym) * len(ym)
+        correct += loss.correct(out, ym)
+        # The loss is a mean over this micro-batch; scaling its gradient by len(ym)/B makes the ranks'
+        # SUM-allreduce the gradient of the global-batch mean (done on the small output gradient, not the
+        # whole arena).
+        dy = loss.backward()
+        dy *= len(ym) / B
+        mark("forward")
+        if m < k - 1:
+            model.backward(dy)
+            if m == 0:
+                run.accum[...] = model.grads_flat
+            else:
+                run.accum += model.grads_flat
+        else:
+            # the loss sums travel with the gradients (summed during backward, no extra collective)
+            totals = np.array([loss_sum, correct, len(y)], np.float64)
+            sync.begin(run.accum, stats=totals)
+            model.backward(dy, sync=sync)
+        mark("backward")
+    sync.finish()
+    mark("comm")
+    g = model.grads_flat
+    gnorm = float(np.sqrt(np.dot(g, g)))  # identical on every rank: the gradients are summed
+    lr = run.schedule(t)
+    skipped = ""
+    if not (math.isfinite(gnorm) and math.isfinite(totals[0])):
+        what = "loss" if not math.isfinite(totals[0]) else "gradient"
+        if tc["nonfinite"] != "skip" or run.pos.skips >= tc["max_skips"]:
+            raise Stop(f"non-finite {what} at step {t} (epoch {run.pos.epoch + 1}): lower the learning rate "
+                       f"(optimizer.lr = {run.cfg['optimizer']['lr']}), add clip_grad_norm, or set "
+                       "train.nonfinite = \"skip\"")
+        run.pos.skips += 1
+        skipped = f"non-finite {what}"
+    else:
+        if tc["clip_grad_norm"] > 0:
+            clip_grad_norm(g, tc["clip_grad_norm"])
+        run.optimizer.step(lr)
+    mark("optimizer")
+    return Stats(step=t, loss_sum=float(totals[0]), correct=float(totals[1]), count=float(totals[2]),
+                 grad_norm=gnorm, lr=lr, skipped=skipped, sync=sync.measures())
