@@ -116,15 +116,21 @@ class Sequential(Layer):
             x = layer.forward(x, training)
         return x
 
-    def backward(self, dy, on_layer_done=None):
-        """Backpropagate ``dy``; ``on_layer_done(i)`` is called as soon as layer i's gradients are final.
+    def backward(self, dy, sync=None):
+        """Backpropagate ``dy``. With a gradient-sync strategy ``sync``, each layer gets the row plan
+        ``sync.rows(i)`` (when it has one) and ``sync.layer_done(i)`` follows as soon as layer i's gradients
+        are final. Nothing is installed on a layer, so an exception midway leaves no state behind.
 
         After ``skip_input_grad()`` it stops at the first layer with parameters and returns None.
         """
         for i in range(len(self.layers) - 1, self._backward_stop - 1, -1):
-            dy = self.layers[i].backward(dy)
-            if on_layer_done is not None:
-                on_layer_done(i)
+            layer = self.layers[i]
+            if sync is None:
+                dy = layer.backward(dy)
+                continue
+            plan = sync.rows(i)
+            dy = layer.backward(dy) if plan is None else layer.backward(dy, rows=plan)
+            sync.layer_done(i)
         return dy if self._backward_stop == 0 else None
 
     _backward_stop = 0  # backward runs layers[_backward_stop:] (in reverse)

@@ -51,21 +51,21 @@ class Dense(Layer):
             y += self.params["b"]
         return self.hold("y", y)
 
-    # (row blocks [(lo, hi), ...], done(lo, hi)) or None: set by comm.GradSync around a synchronized
-    # backward so that each block of dW's rows can be sent while the next is computed.
-    row_blocks = None
+    reports_rows = True  # backward can compute dW in row pieces and report each (see backward's ``rows``)
 
-    def backward(self, dy):
+    def backward(self, dy, rows=None):
+        """``rows`` (from a gradient-sync strategy, via Sequential) is None or a plan with ``pieces``, the row
+        ranges of dW in the order to compute them, and ``done(lo, hi)``, called after each: rows already
+        final can travel while the next ones are computed."""
         gW = self.grads["W"]
         if self.bias:
             np.sum(dy, axis=0, out=self.grads["b"])
-        if self.row_blocks is None:
+        if rows is None:
             np.matmul(self._x.T, dy, out=gW)
         else:
-            blocks, done = self.row_blocks
-            for lo, hi in blocks:
+            for lo, hi in rows.pieces:
                 np.matmul(self._x[:, lo:hi].T, dy, out=gW[lo:hi])
-                done(lo, hi)
+                rows.done(lo, hi)
         return self.hold("dx", dy @ self.params["W"].T) if self.needs_dx else None
 
     def flops(self, input_shape=None):
