@@ -44,8 +44,8 @@ class BatchReader:
         self.augment = augment
         self.mode = choose_mode(split, mode, memory_budget_bytes)
         # "auto": read ahead only when streaming (file reads release the GIL and hide I/O latency). In memory
-        # a batch is ~0.1 ms of gather and convert, and a reader thread sharing the rank's core cost the
-        # MLP step more than that (GIL hand-offs: 47k -> 40k samples/s on 2 ranks x 1 core).
+        # a batch is a short gather and convert, and a reader thread sharing the rank's core costs more in
+        # GIL hand-offs than it saves (README, "Benchmarks").
         if prefetch == "auto":
             prefetch = 2 if self.mode == "stream" else 0
         if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:

@@ -44,7 +44,7 @@ class MemorySource:
 
     def gather(self, rows, out):
         """Fill OUT with x of underlying ROWS (in ROWS order)."""
-        if len(self.arrays) == 1:  # the common case: no sorting by shard (~0.05 ms of a 0.1 ms batch)
+        if len(self.arrays) == 1:  # the common case: no sorting by shard (half a batch's gather time)
             return np.take(self.arrays[0], rows, axis=0, out=out)
         for sid, pos, local in by_shard(self.split, rows):
             out[pos] = self.arrays[sid][local]
