@@ -1,10 +1,12 @@
 """Training configs: TOML files (or presets shipped in the package), validated against one schema.
 
 Every key has a type and a default; an unknown key or a wrong type is a ConfigError naming the key.
-The README's "Configs" section documents the same table.
+The README's "Configs" section documents the same table. A config is resolved in layers, each merged over
+the one before: the defaults, the file a config ``extends`` (a preset or a path relative to it, itself
+resolved the same way), the config's own tables, then ``--set`` overrides (see ``merge`` for the rules).
+``distnet.build`` turns a resolved config into objects.
 """
 
-import inspect
 import sys
 from importlib import resources
 from pathlib import Path
@@ -42,7 +44,7 @@ SCHEMA = {
         "loss": (str, "softmax_cross_entropy"),
         "clip_grad_norm": (NUM, 0.0),   # 0 = off
         "eval_every": (int, 0),         # steps; 0 = at epoch ends only
-        "eval_batch_size": (int, 256),  # per rank; 1000 took 1 GB and was slower on the CNN
+        "eval_batch_size": (int, 256),  # per rank; larger batches cost memory (a CNN's activations) for no speed
         "patience": (int, 0),           # early stopping on validation accuracy; 0 = off
         "nonfinite": (str, "stop"),     # stop | skip (skip the step, stop after max_skips)
         "max_skips": (int, 10),
@@ -64,8 +66,17 @@ SCHEMA = {
         "dir": (str, ""),
         "every": (int, 0),              # steps; 0 = at the end (and at epoch ends when dir is set)
         "keep": (int, 3),
+        "resume": (bool, False),        # continue from the newest checkpoint in dir
+    },
+    "log": {
+        "metrics": (str, ""),           # write metrics JSON lines to this file (rank 0)
+        "progress": (str, "auto"),      # auto | bar | lines | none: rank 0's progress display
+        "profile": (bool, False),       # record the step-time breakdown in the metrics
+        "trace": (str, ""),             # write a Chrome trace-event timeline to this file
+        "quiet": (bool, False),         # print nothing but errors
     },
     "comm": {
+        "sync": (str, "bucketed"),      # gradient-sync strategy: bucketed (overlapped) | flat (one allreduce)
         "bucket_mb": (NUM, 1.0),        # gradient bucket size
         "overlap": (bool, True),        # start each bucket's allreduce during backward
         "split_mb": (NUM, 0.25),        # send the first layer's dW in row blocks of this size (0 = whole)
@@ -77,9 +88,48 @@ OPEN_SECTIONS = ("optimizer", "schedule")
 TRAINER_KEYS = {"optimizer": ("name", "lr", "lr_scaling", "base_batch"), "schedule": ()}
 
 
-def factory_kwargs(cfg, section):
-    """The keys of [optimizer] or [schedule] that go to its factory."""
-    return {k: v for k, v in cfg[section].items() if k not in TRAINER_KEYS[section]}
+PROGRESS = ("auto", "bar", "lines", "none")
+
+
+def factory_kwargs(cfg, section):  # temporary alias for distnet/train and bench being rewritten
+    from . import build
+
+    return build.factory_kwargs(cfg, section)
+
+
+def build_model(cfg, input_shape):  # temporary alias for distnet/train and bench being rewritten
+    from . import build
+
+    return build.model(cfg, input_shape)
+
+
+def build_loss(cfg):  # temporary alias for distnet/train and bench being rewritten
+    from . import build
+
+    return build.loss(cfg)
+
+
+def _factory_keys(section, name):
+    """The keys optimizer or schedule ``name`` takes from its table, or None for an unknown name."""
+    from .optim import optimizer_keys
+    from .schedules import WARMUP_KEYS, schedule_keys
+
+    try:
+        return set(optimizer_keys(name)) if section == "optimizer" else {*schedule_keys(name), *WARMUP_KEYS}
+    except ConfigError:
+        return None
+
+
+def _switch(cfg, section, name):
+    """Before [optimizer] or [schedule] changes its name to ``name``: drop the keys that only the old one takes
+    (a preset's adam beta1 means nothing to sgd). Keys the trainer reads stay, and so do keys valid for neither,
+    so that they are still reported."""
+    old_keys, new_keys = _factory_keys(section, cfg[section].get("name")), _factory_keys(section, name)
+    if cfg[section].get("name") == name or old_keys is None or new_keys is None:
+        return
+    for key in list(cfg[section]):
+        if key in old_keys and key not in new_keys and key not in SCHEMA[section]:
+            del cfg[section][key]
 
 
 def _type_name(types):
@@ -95,8 +145,9 @@ def _check(section, key, value):
     if key not in SCHEMA[section]:
         if section in OPEN_SECTIONS:
             return value
+        hint = " (extends goes at the top of the file, before any [section])" if key == "extends" else ""
         raise ConfigError(f"unknown config key {section}.{key}: valid keys in [{section}] are "
-                          f"{', '.join(SCHEMA[section])}")
+                          f"{', '.join(SCHEMA[section])}{hint}")
     types, _ = SCHEMA[section][key]
     types = types if isinstance(types, tuple) else (types,)
     ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
@@ -113,7 +164,11 @@ def defaults():
 
 
 def merge(cfg, overrides, source):
-    """Validate ``overrides`` (nested dict) into ``cfg``; ``source`` names where they came from."""
+    """Validate ``overrides`` (nested dict) into ``cfg``; ``source`` names where they came from.
+
+    Each key given replaces the one in ``cfg`` (a list such as model.layers as a whole). A new optimizer.name
+    or schedule.name first drops the keys that only the old optimizer or schedule takes (see ``_switch``).
+    """
     if not isinstance(overrides, dict):
         raise ConfigError(f"{source}: the top level must be a table of sections")
     for section, table in overrides.items():
@@ -122,6 +177,8 @@ def merge(cfg, overrides, source):
                               f"{', '.join(SCHEMA)}")
         if not isinstance(table, dict):
             raise ConfigError(f"{source}: [{section}] must be a table")
+        if section in OPEN_SECTIONS and "name" in table:
+            _switch(cfg, section, _check(section, "name", table["name"]))
         for key, value in table.items():
             cfg[section][key] = _check(section, key, value)
     return cfg
@@ -133,17 +190,58 @@ def preset_names():
 
 def load_text(name_or_path):
     """The TOML text of a preset name or a config file path, and a label for messages."""
-    p = Path(name_or_path)
-    if p.suffix == ".toml" or p.exists():
+    text, label, _ = _source(name_or_path)
+    return text, label
+
+
+def _source(ref, folder=None, presets_only=False):
+    """(text, label, file) of a preset name or a config file path (relative to ``folder`` when given); ``file``
+    is the resolved path, None for a preset. ``presets_only``: ``ref`` names a preset (".toml" optional)."""
+    p = Path(ref)
+    if folder is not None and not p.is_absolute():
+        p = folder / p
+    if not presets_only and (p.suffix == ".toml" or p.exists()):
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist: pass a TOML file or a preset "
                               f"({', '.join(preset_names())})")
-        return p.read_text(), str(p)
-    res = resources.files("distnet.presets") / f"{name_or_path}.toml"
+        label = str(p)
+        if folder is not None:  # as the user would name it, where it is under the working directory
+            try:
+                label = str(p.resolve().relative_to(Path.cwd().resolve()))
+            except ValueError:
+                pass
+        return p.read_text(), label, p.resolve()
+    name = ref[:-5] if presets_only and ref.endswith(".toml") else ref
+    res = resources.files("distnet.presets") / f"{name}.toml"
     if not res.is_file():
-        raise ConfigError(f"unknown preset {name_or_path!r}: presets are {', '.join(preset_names())}, "
+        raise ConfigError(f"unknown preset {name!r}: presets are {', '.join(preset_names())}, "
                           "or pass a path to a .toml file")
-    return res.read_text(), f"preset {name_or_path}"
+    return res.read_text(), f"preset {name}", None
+
+
+def _resolve(ref, folder=None, presets_only=False, chain=()):
+    """The config ``ref`` names, merged over defaults or over the config it ``extends``, recursively.
+    ``chain``: (identity, label) of the configs extending this one, to report a cycle."""
+    text, label, file = _source(ref, folder, presets_only)
+    identity = str(file) if file is not None else f"preset {label[len('preset '):]}"
+    seen = [c[0] for c in chain]
+    if identity in seen:
+        cycle = [c[1] for c in chain[seen.index(identity):]] + [label]
+        raise ConfigError(f"configs extend each other in a cycle: {' -> '.join(cycle)}: remove one extends")
+    data = parse_toml(text, label)
+    base = data.pop("extends", None)
+    if base is None:
+        return merge(defaults(), data, label)
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{label}: extends must be a preset name or a path to a .toml file, got {base!r}")
+    # A preset extends presets only; a file extends a preset or a file, a path relative to its own folder.
+    try:
+        cfg = _resolve(base, None if file is None else file.parent, file is None, (*chain, (identity, label)))
+    except ConfigError as e:
+        if not str(e).startswith(("unknown preset", "config file")):
+            raise
+        raise ConfigError(f"{label}: extends = {base!r}: {e}") from None
+    return merge(cfg, data, label)
 
 
 def parse_toml(text, label):
@@ -167,13 +265,22 @@ def parse_set(item):
 
 
 def load(name_or_path, sets=()):
-    """Defaults, then the config file or preset, then ``--set`` overrides; validated. Returns (cfg, text)."""
-    text, label = load_text(name_or_path)
-    cfg = merge(defaults(), parse_toml(text, label), label)
+    """Defaults, then the config file or preset (over the one it extends), then ``--set`` overrides; validated."""
+    cfg = _resolve(name_or_path)
+    label = load_text(name_or_path)[1]
     for item in sets:
         cfg = merge(cfg, parse_set(item), f"--set {item}")
     validate(cfg, label)
     return cfg
+
+
+def data_path(cfg):
+    """The prepared dataset folder a config names: data.path, else data/<data.dataset>."""
+    if cfg["data"]["path"]:
+        return cfg["data"]["path"]
+    if cfg["data"]["dataset"]:
+        return f"data/{cfg['data']['dataset']}"
+    raise ConfigError("no dataset given: pass --data DIR or set data.path in the config")
 
 
 def validate(cfg, label="config"):
@@ -187,9 +294,12 @@ def validate(cfg, label="config"):
             raise ConfigError(f"config key {section}.{key} must be >= {low}, got {cfg[section][key]}")
     if not 0 <= cfg["data"]["val_fraction"] < 1:
         raise ConfigError(f"config key data.val_fraction must be in [0, 1), got {cfg['data']['val_fraction']}")
+    from .losses import LOSSES
+
     choices = {("data", "reader"): ("auto", "memory", "stream"), ("train", "nonfinite"): ("stop", "skip"),
                ("model", "dtype"): ("float32", "float64"), ("optimizer", "lr_scaling"): ("none", "linear", "sqrt"),
-               ("train", "loss"): tuple(LOSSES)}
+               ("train", "loss"): tuple(LOSSES), ("log", "progress"): PROGRESS,
+               ("comm", "sync"): ("bucketed", "flat")}
     for (section, key), allowed in choices.items():
         if cfg[section][key] not in allowed:
             raise ConfigError(f"config key {section}.{key} must be one of {', '.join(allowed)}, "
@@ -201,16 +311,17 @@ def validate(cfg, label="config"):
         raise ConfigError(f"config key data.prefetch must be \"auto\" or a number of batches >= 0, got {pf!r}")
     if cfg["comm"]["split_mb"] < 0:
         raise ConfigError("config key comm.split_mb must be >= 0 (0 sends the first layer's gradient whole)")
-    # A dry build names a bad optimizer or schedule key now, before any data is opened.
+    # A dry build names a bad layer, optimizer or schedule key now, before any data is opened.
     import numpy as np
 
+    from . import build
     from .optim import make_optimizer
-    from .schedules import make_schedule
 
+    build.layers(cfg["model"]["layers"], cfg["model"]["init"])
     dummy = np.zeros(1)
     make_optimizer(cfg["optimizer"]["name"], dummy, dummy.copy(), lr=cfg["optimizer"]["lr"],
-                   **factory_kwargs(cfg, "optimizer"))
-    make_schedule(cfg["schedule"], cfg["optimizer"]["lr"], 100)
+                   **build.factory_kwargs(cfg, "optimizer"))
+    build.schedule(cfg, cfg["optimizer"]["lr"], 100)
 
 
 def to_toml(cfg):
@@ -241,73 +352,3 @@ def _toml_value(v):
     if isinstance(v, float):
         return repr(v)
     return str(v)
-
-
-# -- building objects from a config --------------------------------------------------------------------
-
-def layer_registry():
-    from . import layers as L
-
-    return {
-        "dense": L.Dense, "conv2d": L.Conv2D, "conv_transpose2d": L.ConvTranspose2D,
-        "maxpool2d": L.MaxPool2D, "avgpool2d": L.AvgPool2D, "flatten": L.Flatten, "dropout": L.Dropout,
-        "batchnorm": L.BatchNorm, "relu": L.ReLU, "leaky_relu": L.LeakyReLU, "sigmoid": L.Sigmoid,
-        "tanh": L.Tanh, "softplus": L.Softplus, "elu": L.ELU, "selu": L.SELU, "softmax": L.Softmax,
-    }
-
-
-LOSSES = {"softmax_cross_entropy": "SoftmaxCrossEntropy", "mse": "MSE", "binary_cross_entropy": "BinaryCrossEntropy"}
-
-
-def build_layers(specs, default_init=""):
-    """Layer objects from ``[[model.layers]]`` tables; sizes left out are inferred from the input."""
-    registry = layer_registry()
-    out = []
-    for i, spec in enumerate(specs):
-        if not isinstance(spec, dict) or "type" not in spec:
-            raise ConfigError(f"model.layers[{i}] must be a table with a 'type' key, e.g. type = \"dense\"")
-        kwargs = dict(spec)
-        kind = kwargs.pop("type")
-        cls = registry.get(kind)
-        if cls is None:
-            raise ConfigError(f"model.layers[{i}].type {kind!r} is unknown: valid types are {', '.join(registry)}")
-        sig = inspect.signature(cls.__init__)
-        for key in kwargs:
-            if key not in sig.parameters or key == "self":
-                valid = [p for p in sig.parameters if p not in ("self", "dtype", "seed")]
-                raise ConfigError(f"model.layers[{i}] ({kind}) has unknown key {key!r}: valid keys are "
-                                  f"{', '.join(valid) or 'none'}")
-        for first in ("in_features", "in_channels"):
-            if first in sig.parameters and first not in kwargs:
-                kwargs[first] = None
-        if default_init and "init" in sig.parameters and "init" not in kwargs:
-            kwargs["init"] = default_init
-        try:
-            out.append(cls(**kwargs))
-        except ConfigError:
-            raise
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"model.layers[{i}] ({kind}): {e}") from None
-    return out
-
-
-def build_model(cfg, input_shape):
-    """The Sequential model of a config, built for ``input_shape`` from the config's seed."""
-    import numpy as np
-
-    from .model import Sequential
-
-    layers = build_layers(cfg["model"]["layers"], cfg["model"]["init"])
-    try:
-        return Sequential(layers, input_shape=tuple(input_shape), dtype=np.dtype(cfg["model"]["dtype"]),
-                          seed=cfg["train"]["seed"])
-    except ConfigError:
-        raise
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"model.layers do not fit the input shape {tuple(input_shape)}: {e}") from None
-
-
-def build_loss(cfg):
-    from . import losses
-
-    return getattr(losses, LOSSES[cfg["train"]["loss"]])()

@@ -226,6 +226,7 @@ def summarize(rates):
 
 
 def compare(args, workdir):
+    from distnet import build
     from distnet import config as C
 
     rows, P, B = [], args.ranks, args.batch
@@ -235,7 +236,7 @@ def compare(args, workdir):
         warmup, steps = getattr(args, f"{name}_warmup"), getattr(args, f"{name}_steps")
         cfg = C.load(preset)
         layers, lr = cfg["model"]["layers"], cfg["optimizer"]["lr"]
-        ours = C.build_model(cfg, (1, 28, 28)).num_params
+        ours = build.model(cfg, (1, 28, 28)).num_params
         theirs = sum(p.numel() for p in torch_model(layers, (1, 28, 28)).parameters())
         if ours != theirs:
             sys.exit(f"compare_torch: {preset}: distnet has {ours} parameters, the torch model {theirs}")

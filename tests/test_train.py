@@ -154,7 +154,7 @@ def test_unknown_preset_and_bad_layer_key(tmp_path, spirals_data):
     cfg = tmp_path / "c.toml"
     cfg.write_text('[model]\nlayers = [{type = "dense", units = 3}]\n')
     r = run_distnet(["train", cfg, "--data", spirals_data], timeout=60)
-    assert r.returncode == 2 and "model.layers[0] (dense) has unknown key 'units'" in r.stderr
+    assert r.returncode == 2 and "layer 0, Dense(?, ?): unknown key 'units' for dense" in r.stderr
 
 
 def test_eval_reports_the_checkpoints_accuracy(tmp_path, spirals_data):

@@ -3,6 +3,7 @@
 import json
 import sys
 
+from .. import build
 from .. import checkpoint as ckpt
 from .. import comm
 from .. import config as C
@@ -34,16 +35,16 @@ def load_checkpoint(args):
     if "config" not in meta:
         raise UserError(f"{args.checkpoint} holds no training config: evaluate a checkpoint from distnet train")
     cfg = C.merge(C.defaults(), C.parse_toml(meta["config"], args.checkpoint), args.checkpoint)
-    data_dir = args.data or cfg["data"]["path"] or f"data/{cfg['data']['dataset']}"
+    data_dir = args.data or C.data_path(cfg)
     ds = open_dataset(data_dir)
     if args.split not in ds.splits:
         raise UserError(f"{data_dir} has no split {args.split!r}: choose one of {', '.join(ds.splits)}")
     if tuple(ds.input_shape) != tuple(meta.get("input_shape", ds.input_shape)):
         raise UserError(f"{data_dir} has inputs of shape {tuple(ds.input_shape)} but {args.checkpoint} was "
                         f"trained on {tuple(meta['input_shape'])}: pass the dataset it was trained on")
-    model = C.build_model(cfg, ds.input_shape)
+    model = build.model(cfg, ds.input_shape)
     model.load(args.checkpoint)
-    return model, C.build_loss(cfg), ds[args.split]
+    return model, build.loss(cfg), ds[args.split]
 
 
 def run(args):
