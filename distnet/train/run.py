@@ -14,6 +14,7 @@ from .. import build, comm
 from .. import checkpoint as ckpt
 from .. import config as C
 from ..errors import ConfigError, UserError
+from ..layers import Layer
 from ..schedules import scale_lr
 
 
@@ -53,6 +54,7 @@ class Run:
     total_steps: int
     pos: Position = field(default_factory=Position)
     accum: np.ndarray = None  # the earlier micro-steps' gradient sum (accumulation only)
+    draws: bool = False  # some layer draws random numbers in training (it overrides Layer.reseed)
     samples: int = 0  # global samples trained by this process (a resumed run counts from its start)
     stop: str = ""  # why the loop should end before its epochs are done ("" = go on)
     last_eval: float = None  # the latest evaluation's accuracy (validation, else test)
@@ -155,7 +157,8 @@ def setup(cfg, w):
                sampler=sampler, reader=reader, model=model, loss=build.loss(cfg),
                optimizer=build.optimizer(cfg, model, lr0), schedule=build.schedule(cfg, lr0, total_steps),
                sync=comm.sync.make(w, model, cfg["comm"]), steps_per_epoch=sampler.steps_per_epoch,
-               total_steps=total_steps, accum=np.zeros_like(model.grads_flat) if k > 1 else None)
+               total_steps=total_steps, accum=np.zeros_like(model.grads_flat) if k > 1 else None,
+               draws=any(type(layer).reseed is not Layer.reseed for layer in model.layers))
 
 
 def resume(run):

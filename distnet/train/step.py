@@ -38,7 +38,8 @@ def step(run, x, y, index):
     for m in range(k):
         part = slice(m * micro, (m + 1) * micro)
         xm, ym = (x, y) if k == 1 else (x[part], y[part])
-        model.reseed(Draws(tc["seed"], run.pos.epoch, index[part]))
+        if run.draws:
+            model.reseed(Draws(tc["seed"], run.pos.epoch, index[part]))
         out = model.forward(xm, training=True)
         loss_sum += loss.forward(out, ym) * len(ym)
         correct += loss.correct(out, ym)
