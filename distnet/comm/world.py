@@ -20,7 +20,7 @@ _LAUNCHER_SIZE_VARS = ("SLURM_STEP_NUM_TASKS", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE
 class SerialWorld:
     """A world of one, for machines without any MPI library."""
 
-    rank, size, is_mpi = 0, 1, False
+    rank, size = 0, 1
 
     def allreduce(self, arr):
         """Sum ``arr`` over ranks, in place; returns it."""
@@ -36,9 +36,6 @@ class SerialWorld:
     def testall(self, reqs):
         """Poke MPI's progress engine; True when all requests are done."""
         return True
-
-    def allreduce_max(self, value):
-        return value
 
     def sum(self, values):
         """A small vector of float64 sums over ranks (loss sums, counts); returns a new array."""
@@ -66,8 +63,6 @@ class SerialWorld:
 class MPIWorld(SerialWorld):
     """MPI.COMM_WORLD behind the few operations distnet needs."""
 
-    is_mpi = True
-
     def __init__(self, MPI):
         self.MPI = MPI
         self.comm = MPI.COMM_WORLD
@@ -87,9 +82,6 @@ class MPIWorld(SerialWorld):
 
     def testall(self, reqs):
         return self.MPI.Request.Testall(reqs)
-
-    def allreduce_max(self, value):
-        return self.comm.allreduce(value, op=self.MPI.MAX) if self.size > 1 else value
 
     def allgather(self, obj):
         return self.comm.allgather(obj)
