@@ -3,9 +3,10 @@
 import numpy as np
 
 from ..errors import ConfigError
-from .base import Layer
+from .base import Layer, register
 
 
+@register("dropout")
 class Dropout(Layer):
     """Zero each unit with probability p in training.
 

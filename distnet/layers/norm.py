@@ -3,9 +3,10 @@
 import numpy as np
 
 from ..errors import ConfigError
-from .base import Layer
+from .base import Layer, register
 
 
+@register("batchnorm")
 class BatchNorm(Layer):
     """Normalize by batch statistics in training, running statistics at evaluation; then gamma*x + beta.
 
