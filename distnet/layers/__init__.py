@@ -9,10 +9,6 @@ from .norm import BatchNorm
 from .pool import AvgPool2D, MaxPool2D
 from .shape import Flatten
 
-# dropout.py and norm.py do not carry @register yet; registering an already registered class again is a no-op.
-register("dropout")(Dropout)
-register("batchnorm")(BatchNorm)
-
 # The registry of layer types: config type name -> class. Each layer registers itself beside its class with
 # @register("name"); a layer in a new module needs that module imported above.
 LAYER_TYPES = TYPES
