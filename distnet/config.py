@@ -91,24 +91,6 @@ TRAINER_KEYS = {"optimizer": ("name", "lr", "lr_scaling", "base_batch"), "schedu
 PROGRESS = ("auto", "bar", "lines", "none")
 
 
-def factory_kwargs(cfg, section):  # temporary alias for distnet/train and bench being rewritten
-    from . import build
-
-    return build.factory_kwargs(cfg, section)
-
-
-def build_model(cfg, input_shape):  # temporary alias for distnet/train and bench being rewritten
-    from . import build
-
-    return build.model(cfg, input_shape)
-
-
-def build_loss(cfg):  # temporary alias for distnet/train and bench being rewritten
-    from . import build
-
-    return build.loss(cfg)
-
-
 def _factory_keys(section, name):
     """The keys optimizer or schedule ``name`` takes from its table, or None for an unknown name."""
     from .optim import optimizer_keys

@@ -90,18 +90,14 @@ def distnet_rates(preset, data, procs, batch, warmup, steps, repeats, workdir, s
 
 
 def segment_rates(records, batch, warmup, steps):
-    """samples/s per timed segment from distnet's "train" lines; each line's window is (previous step, step].
-    Left out: windows starting before WARMUP (the first one holds start-up) and windows that cross an epoch
-    end (they hold the epoch-end evaluation and the next epoch's reader start)."""
-    seconds, counted, prev_step, prev_epoch = {}, {}, 0, None
-    for rec in (r for r in records if r["event"] == "train"):
-        start, n = prev_step, rec["step"] - prev_step
-        crossed = prev_epoch is not None and rec["epoch"] != prev_epoch
-        prev_step, prev_epoch = rec["step"], rec["epoch"]
-        if start < warmup or crossed:
-            continue
+    """samples/s per timed segment of STEPS steps after WARMUP, from distnet's metric windows that count
+    (distnet.train.metrics.train_windows: no start-up, no epoch end)."""
+    from distnet.train.metrics import train_windows
+
+    seconds, counted = {}, {}
+    for start, n, secs in train_windows(records, warmup, batch):
         seg = (start - warmup) // steps
-        seconds[seg] = seconds.get(seg, 0.0) + n * batch / rec["samples_per_s"]
+        seconds[seg] = seconds.get(seg, 0.0) + secs
         counted[seg] = counted.get(seg, 0) + n
     return [counted[s] * batch / seconds[s] for s in sorted(seconds)]
 

@@ -260,13 +260,6 @@ def test_every_registered_initializer_builds_from_a_config(name):
     assert model.layers[0].params["W"].shape == (3, 4)
 
 
-def test_the_temporary_aliases_still_build():
-    cfg = C.load("spirals-mlp")
-    assert C.build_model(cfg, (2,)).num_params == build.model(cfg, (2,)).num_params
-    assert type(C.build_loss(cfg)) is losses.SoftmaxCrossEntropy
-    assert C.factory_kwargs(C.load("spirals-mlp", ["optimizer.beta1=0.8"]), "optimizer") == {"beta1": 0.8}
-
-
 # -- keys for what were command-line options only; the dataset folder -------------------------------------
 
 def test_log_and_resume_keys():

@@ -48,27 +48,23 @@ def load_checkpoint(args):
 
 
 def run(args):
-    w = comm.world()
     from .evaluate import evaluate
 
-    err = loaded = None
-    try:
-        loaded = load_checkpoint(args)
-    except Exception as e:  # noqa: BLE001 - reported collectively below
-        err = e
-    code = comm.settle(w, err)
-    if code:
+    w = comm.world()
+    out = {}
+
+    def body():
+        with comm.agreed(w):  # any rank may fail to load alone
+            model, loss_fn, split = load_checkpoint(args)
+        out["loss"], out["accuracy"], out["samples"] = evaluate(w, model, loss_fn, split, batch_size=args.batch_size)
+
+    code = comm.run_on_every_rank(w, body)
+    if code or w.rank != 0:
         return code
-    model, loss_fn, split = loaded
-    try:
-        loss, acc, n = evaluate(w, model, loss_fn, split, batch_size=args.batch_size)
-    except BaseException as e:  # noqa: BLE001 - one rank failing must end all ranks
-        return comm.fail_alone(w, e)
-    if w.rank == 0:
-        if args.json:
-            print(json.dumps({"checkpoint": args.checkpoint, "split": args.split, "loss": loss, "accuracy": acc,
-                              "samples": n}))
-        else:
-            print(f"{args.checkpoint}: {args.split} loss {loss:.4f} accuracy {acc:.4f} ({n} samples)")
+    if args.json:
+        print(json.dumps({"checkpoint": args.checkpoint, "split": args.split, **out}))
+    else:
+        print(f"{args.checkpoint}: {args.split} loss {out['loss']:.4f} accuracy {out['accuracy']:.4f} "
+              f"({out['samples']} samples)")
     sys.stdout.flush()
     return 0
