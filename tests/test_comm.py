@@ -175,3 +175,28 @@ def test_replica_check_detects_different_parameters():
     """), n=2, timeout=60)
     assert r.returncode == 0, r.stderr
     assert "MISMATCH model replicas differ at step 7: ranks [1]" in r.stdout
+
+
+def test_an_exception_inside_a_synchronized_backward_leaves_nothing_installed():
+    model, reference = mlp(), mlp()
+    x, dy = np.ones((8, 20), np.float32), np.ones((8, 10), np.float32)
+    first = model.layers[0]
+    model.forward(x)
+    attributes = set(vars(first))
+
+    class Broken(Exception):
+        pass
+
+    def broken(lo, hi):
+        raise Broken  # the split layer's first row piece fails mid-backward
+
+    sync = comm.sync.Bucketed(TwoRanks(), model, bucket_bytes=1, split_bytes=1024)
+    sync._rows_done = broken
+    sync.begin()
+    with pytest.raises(Broken):
+        model.backward(dy, sync=sync)
+    assert set(vars(first)) == attributes  # nothing was installed on the layer
+    model.backward(dy)  # so a plain backward afterwards is a plain backward
+    reference.forward(x)
+    reference.backward(dy)
+    np.testing.assert_array_equal(model.grads_flat, reference.grads_flat)
