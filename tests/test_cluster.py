@@ -39,14 +39,21 @@ LONG = ["spirals-mlp", "--epochs", "500", "--set", "train.log_every=1", "--quiet
 
 # -- prerequisites: skip here, fail in CI -------------------------------------------------------------------
 
+SAID = set()
+
+
 def need(ok, why, request):
     if ok:
         return
     if os.environ.get("CI") == "true":
         pytest.fail(f"cluster tests: {why} (CI must run them: .ci/run installs what they need)", pytrace=False)
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(f"\ntests/test_cluster.py skipped: {why}", yellow=True)
+    if why not in SAID:  # once, past pytest's capture, so that a plain `pytest -q` shows why
+        SAID.add(why)
+        plugins = request.config.pluginmanager
+        reporter, capture = plugins.get_plugin("terminalreporter"), plugins.get_plugin("capturemanager")
+        if reporter is not None and capture is not None:
+            with capture.global_and_fixture_disabled():
+                reporter.write_line(f"\ntests/test_cluster.py skipped: {why}", yellow=True)
     pytest.skip(f"cluster tests: {why}")
 
 
