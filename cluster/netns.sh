@@ -24,7 +24,8 @@ case $prefix in [a-z]|[a-z][a-z0-9]|[a-z][a-z0-9][a-z0-9]|[a-z][a-z0-9][a-z0-9][
   *) echo "netns.sh: DISTNET_NETNS must be 1-5 lower-case letters or digits, starting with a letter, got '$prefix'" >&2
      exit 2;;
 esac
-state=${DISTNET_NETNS_STATE:-/run/distnet-netns}/$prefix
+root=${DISTNET_NETNS_STATE:-/run/distnet-netns}
+state=$root/$prefix
 sw=$prefix-sw
 
 die() { echo "netns.sh: $*" >&2; exit 2; }
@@ -72,7 +73,8 @@ cmd_up() {
   {
     for i in $(seq 1 "$n"); do echo "$subnet.$i h$i"; done
   } > "$state/hosts.txt"
-  if [ ! -d /etc/netns ]; then mkdir /etc/netns && echo /etc/netns > "$state/etc-dirs"; fi
+  # /etc/netns is shared by every prefix: made by whichever cluster needed it first, removed with the last one
+  if [ ! -d /etc/netns ]; then mkdir /etc/netns && touch "$root/etc-netns-made"; fi
   add_ns "$sw"
   ip -n "$sw" link add br0 type bridge
   ip -n "$sw" link set br0 up
@@ -160,11 +162,12 @@ cmd_down() {
   if [ -f "$state/etc" ]; then
     while read -r f; do rm -rf "$f"; done < "$state/etc"
   fi
-  if [ -f "$state/etc-dirs" ]; then
-    while read -r f; do rmdir "$f" 2>/dev/null || true; done < "$state/etc-dirs"
-  fi
   rm -rf "$state"
-  rmdir "$(dirname "$state")" 2>/dev/null || true
+  if [ -f "$root/etc-netns-made" ] && [ -z "$(ls -A "$root" | grep -vx etc-netns-made)" ]; then
+    rmdir /etc/netns 2>/dev/null || true
+    rm -f "$root/etc-netns-made"
+  fi
+  rmdir "$root" 2>/dev/null || true
   echo "netns.sh: down (prefix '$prefix')"
 }
 
