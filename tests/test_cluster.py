@@ -318,6 +318,18 @@ def test_two_hosts_by_two_ranks_follow_the_four_rank_trajectory(hosts, spirals_d
     assert start["blas_threads"] == [per_rank] * 4
 
 
+def test_blas_threads_are_counted_per_host_with_two_ranks_on_one_and_one_on_another(hosts, spirals_data, tmp_path):
+    cmd = [mpiexec_path(), "-launcher", "ssh", "-launcher-exec", NSSSH, "-hosts", "h1:2,h2:1", "-n", "3",
+           *distnet(*train_args(spirals_data, tmp_path, "--batch-size", "48", "--set", "train.max_steps=3"))]
+    r = on("h1", cmd, threads=None)
+    assert r.returncode == 0, r.stdout + r.stderr
+    start = metrics(tmp_path / "m.jsonl")[0]
+    assert start["hosts"] == {"h1": [0, 1], "h2": [2]}
+    cores = os.cpu_count()
+    # each host's cores split among its own ranks (over the whole job it would be cores // 3 for everyone)
+    assert start["blas_threads"] == [max(1, cores // 2)] * 2 + [cores]
+
+
 def test_a_vanished_host_ends_the_job_in_bounded_time(hosts, spirals_data, tmp_path):
     tag = tmp_path / "vanish.jsonl"
     job = start_on("h1", hydra("h1,h3", 2, 1, distnet(*LONG, "--data", spirals_data, "--metrics", tag)))
