@@ -13,6 +13,7 @@ COMMANDS = {
     "eval": ("distnet.train.evalcli", "evaluate a checkpoint on a dataset"),
     "data": ("distnet.data.commands", "prepare and inspect datasets"),
     "bench": ("distnet.bench", "benchmarks: step, compute, allreduce, train, data"),
+    "plot": ("distnet.plot.cli", "figures (PNG): learning curves of runs, decision regions"),
 }
 
 
