@@ -200,3 +200,34 @@ def test_an_exception_inside_a_synchronized_backward_leaves_nothing_installed():
     reference.forward(x)
     reference.backward(dy)
     np.testing.assert_array_equal(model.grads_flat, reference.grads_flat)
+
+
+SCATTER_GATHER = textwrap.dedent("""
+    import numpy as np
+    from distnet import comm
+    w = comm.world()
+    P, n = w.size, 7
+    counts = [n // P + (r < n % P) for r in range(P)]  # uneven parts
+    lo = sum(counts[:w.rank])
+    recv = np.empty(counts[w.rank])
+    w.waitall([w.ireduce_scatter(np.arange(n, dtype=np.float64) * (w.rank + 1), recv, counts)])
+    assert np.array_equal(recv, np.arange(n)[lo:lo + counts[w.rank]] * P * (P + 1) / 2), recv
+    buf = np.full(n, -1.0)
+    buf[lo:lo + counts[w.rank]] = w.rank
+    w.waitall([w.iallgather(buf, counts)])
+    assert np.array_equal(buf, np.repeat(np.arange(P), counts)), buf
+    empty = [0] * (P - 1) + [3]  # parts may be empty
+    mine = np.empty(empty[w.rank])
+    w.waitall([w.ireduce_scatter(np.ones(3), mine, empty)])
+    assert w.rank < P - 1 or mine.tolist() == [P] * 3
+    if w.rank == 0:
+        print("OK", P)
+""")
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("n", [2, 3])
+def test_reduce_scatter_and_allgather_in_uneven_parts(n):
+    r = run_python_mpi(SCATTER_GATHER, n=n, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"OK {n}"), r.stdout

@@ -30,6 +30,17 @@ class SerialWorld:
         """Start a non-blocking in-place sum of ``arr``; returns the request (None here)."""
         return None
 
+    def ireduce_scatter(self, send, recv, counts):
+        """Start summing ``send`` over ranks, rank r receiving the r-th of the consecutive parts of sizes
+        ``counts`` into ``recv`` (len counts[rank]); returns the request."""
+        recv[...] = send
+        return None
+
+    def iallgather(self, buf, counts):
+        """Start an in-place gather of ``buf``'s consecutive parts of sizes ``counts`` (rank r supplies the
+        r-th) onto every rank; returns the request."""
+        return None
+
     def waitall(self, reqs):
         pass
 
@@ -76,6 +87,13 @@ class MPIWorld(SerialWorld):
 
     def iallreduce(self, arr):
         return self.comm.Iallreduce(self.MPI.IN_PLACE, arr, op=self.MPI.SUM)
+
+    def ireduce_scatter(self, send, recv, counts):
+        return self.comm.Ireduce_scatter(send, recv, list(counts), op=self.MPI.SUM)
+
+    def iallgather(self, buf, counts):
+        displs = np.concatenate([[0], np.cumsum(counts)[:-1]]).tolist()
+        return self.comm.Iallgatherv(self.MPI.IN_PLACE, [buf, (list(counts), displs)])
 
     def waitall(self, reqs):
         self.MPI.Request.Waitall(reqs)
