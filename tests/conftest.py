@@ -73,3 +73,39 @@ def spirals_data(tmp_path_factory):
     """The ``spirals`` set (4,000/1,000, seed 0) prepared once per session; its folder."""
     from distnet.data.prepare import prepare
     return prepare("spirals", tmp_path_factory.mktemp("data") / "spirals")
+
+
+def need_root(request, why):
+    """Tests that mount file systems need root: skipped here with the reason shown past pytest's capture, and
+    a failure in CI (CI=true, which runs as root), so that they cannot silently stop running there."""
+    if os.geteuid() == 0:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{why} needs root (CI runs as root)", pytrace=False)
+    plugins = request.config.pluginmanager
+    reporter, capture = plugins.get_plugin("terminalreporter"), plugins.get_plugin("capturemanager")
+    if reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(f"\n{request.node.nodeid} skipped: {why} needs root", yellow=True)
+    pytest.skip(f"{why} needs root")
+
+
+@pytest.fixture
+def tmpfs(request, tmp_path):
+    """mount_tmpfs(size, options="") -> a folder of its own file system of that size, unmounted at the end."""
+    mounted = []
+
+    def mount(size, options=""):
+        need_root(request, "mounting a tmpfs")
+        folder = tmp_path / f"tmpfs{len(mounted)}"
+        folder.mkdir()
+        opts = ",".join(filter(None, [f"size={size}", options]))
+        subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(folder)], check=True, timeout=30)
+        mounted.append(folder)
+        return folder
+
+    try:
+        yield mount
+    finally:
+        for folder in mounted:
+            subprocess.run(["umount", "-l", str(folder)], check=False, timeout=30)

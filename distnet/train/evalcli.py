@@ -26,9 +26,10 @@ def load_checkpoint(args):
     from ..data import open_dataset
 
     if Path(args.checkpoint).is_dir():
-        newest = ckpt.latest(args.checkpoint)
+        newest, args.skipped = ckpt.latest_valid(args.checkpoint)
         if newest is None:
-            raise UserError(f"checkpoint folder {args.checkpoint} holds no ckpt-*.h5: pass a folder that "
+            what = "only damaged checkpoints" if args.skipped else "no ckpt-*.h5"
+            raise UserError(f"checkpoint folder {args.checkpoint} holds {what}: pass a folder that "
                             "distnet train --checkpoint-dir wrote, or a checkpoint file")
         args.checkpoint = str(newest)
     meta = ckpt.read_meta(args.checkpoint)
@@ -56,6 +57,8 @@ def run(args):
     def body():
         with comm.agreed(w):  # any rank may fail to load alone
             model, loss_fn, split = load_checkpoint(args)
+        for bad, reason in getattr(args, "skipped", []) if w.rank == 0 else []:
+            print(ckpt.skipped_line(bad, reason, args.checkpoint), file=sys.stderr, flush=True)
         out["loss"], out["accuracy"], out["samples"] = evaluate(w, model, loss_fn, split, batch_size=args.batch_size)
 
     code = comm.run_on_every_rank(w, body)

@@ -3,6 +3,7 @@
 Any rank may fail in either (a missing file, a bad checkpoint); callers run them inside ``comm.agreed``.
 """
 
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -60,6 +61,7 @@ class Run:
     last_eval: float = None  # the latest evaluation's accuracy (validation, else test)
     mark: object = _no_clock  # a step timer's phase clock (a function of the phase name), when one listens
     paused_s: float = 0.0  # seconds spent off the clock (evaluation, checkpoints) so far
+    skipped_checkpoints: list = field(default_factory=list)  # damaged newer checkpoints that resume passed over
 
     @contextmanager
     def off_clock(self):
@@ -162,14 +164,22 @@ def setup(cfg, w):
 
 
 def resume(run):
-    """Load the newest checkpoint of the run's checkpoint folder into it; returns the checkpoint's path."""
+    """Load the newest valid checkpoint of the run's checkpoint folder into it (rank 0 says which damaged
+    newer ones it passed over, one line each); returns the checkpoint's path."""
     folder = run.cfg["checkpoint"]["dir"]
     if not folder:
         raise ConfigError("--resume needs a checkpoint folder: pass --checkpoint-dir DIR")
-    path = ckpt.latest(folder)
+    path, contents, skipped = ckpt.newest_valid(folder)
+    if run.world.rank == 0:
+        for bad, reason in skipped:
+            print(ckpt.skipped_line(bad, reason, path), file=sys.stderr, flush=True)
+    run.skipped_checkpoints = [str(bad) for bad, _ in skipped]
     if path is None:
+        if skipped:
+            raise UserError(f"--resume: every checkpoint in {folder} is damaged ({len(skipped)}, newest "
+                            f"{skipped[0][0].name}): move them away and start without --resume")
         raise UserError(f"--resume: no checkpoint in {folder}: start without --resume")
-    meta = ckpt.load_training(path, run.model, run.optimizer)
+    meta = ckpt.load_training(path, run.model, run.optimizer, contents)
     if int(meta["global_batch"]) != run.batch:
         raise ConfigError(f"--resume: {path} was trained with global batch {meta['global_batch']}, "
                           f"not {run.batch}: resume with --batch-size {meta['global_batch']}")

@@ -36,9 +36,10 @@ class Log(Observer):
     def on_start(self, run):
         tc, p, B, k = run.cfg["train"], run.world.size, run.batch, run.cfg["train"]["accumulate"]
         a = self.about
+        skipped = {"skipped_checkpoints": run.skipped_checkpoints} if run.skipped_checkpoints else {}
         self.metrics.write("start", run.pos.global_step, epoch=epoch_label(run), ranks=p, global_batch=B,
                            params=run.model.num_params, steps_per_epoch=run.steps_per_epoch, data=run.data_dir,
-                           **a)
+                           **a, **skipped)
         hosts = a.get("hosts") or {}
         threads = "/".join(map(str, sorted(set(a.get("blas_threads") or []) - {None})))
         self.progress.line(
@@ -50,8 +51,8 @@ class Log(Observer):
             f"distnet: global batch {B} ({B // p} per rank" + (f", {k} micro-steps" if k > 1 else "")
             + f"), {run.model.num_params:,} parameters, {run.steps_per_epoch} steps/epoch, data {run.data_dir}")
         if a.get("resumed_from"):
-            self.progress.line(f"distnet: resumed from {a['resumed_from']} at step {run.pos.global_step} "
-                               f"(epoch {epoch_label(run)})")
+            self.progress.line(f"distnet: resumed from {a['resumed_from']}: step {run.pos.global_step}, epoch "
+                               f"{epoch_label(run)} of {run.epochs}")
         self._new_window()
 
     def on_step(self, run, stats):

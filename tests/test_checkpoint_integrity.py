@@ -1,0 +1,135 @@
+"""Checkpoints that are damaged, truncated or never finished: the checksum, the fall-back to the one before,
+and a full disk (a real tmpfs) that must leave the previous checkpoint loadable."""
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from distnet import checkpoint as ckpt
+
+from .conftest import run_distnet
+
+pytestmark = pytest.mark.mpi
+
+
+def write(folder, step, value=1.0):
+    path = ckpt.checkpoint_path(folder, step)
+    ckpt.write_h5_atomic(path, {"model/params": np.full(1000, value, np.float32), "optimizer/t": np.array(3)},
+                         attrs={"global_step": step, "config": "x", "flag": True, "shape": [1, 2]},
+                         groups_attrs={"optimizer": {"lr": 0.1}})
+    return path
+
+
+def flip_a_byte(path, dataset="model/params", at=10):
+    """Change one byte inside an array's data on disk (a bit rot the HDF5 structure does not notice)."""
+    with h5py.File(path, "r") as f:
+        offset = f[dataset].id.get_offset()
+    with open(path, "r+b") as fh:
+        fh.seek(offset + at)
+        byte = fh.read(1)
+        fh.seek(offset + at)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+
+
+def truncate(path):
+    size = path.stat().st_size
+    with open(path, "r+b") as fh:
+        fh.truncate(size // 2)
+
+
+def test_the_checksum_covers_arrays_and_attributes(tmp_path):
+    path = write(tmp_path, 1)
+    arrays, attrs = ckpt.read_verified(path)
+    assert arrays["model/params"].sum() == 1000 and attrs["optimizer"]["lr"] == 0.1
+    flip_a_byte(path)
+    with pytest.raises(ckpt.Damaged, match="checksum does not match"):
+        ckpt.read_verified(path)
+    path = write(tmp_path, 2)
+    with h5py.File(path, "r+") as f:
+        f.attrs["global_step"] = 3
+    with pytest.raises(ckpt.Damaged, match="checksum does not match"):
+        ckpt.read_verified(path)
+    path = write(tmp_path, 4)
+    truncate(path)
+    with pytest.raises(ckpt.Damaged, match="truncated or not HDF5"):
+        ckpt.read_verified(path)
+
+
+def test_latest_valid_passes_over_damaged_newer_checkpoints(tmp_path):
+    good, bad1, bad2 = write(tmp_path, 10), write(tmp_path, 20), write(tmp_path, 30)
+    assert ckpt.latest_valid(tmp_path) == (bad2, [])
+    flip_a_byte(bad1)
+    truncate(bad2)
+    path, skipped = ckpt.latest_valid(tmp_path)
+    assert path == good and [p for p, _ in skipped] == [bad2, bad1]
+    truncate(good)
+    assert ckpt.latest_valid(tmp_path)[0] is None
+
+
+def test_a_checkpoint_from_before_checksums_is_still_read(tmp_path):
+    path = write(tmp_path, 1)
+    with h5py.File(path, "r+") as f:
+        del f.attrs[ckpt.CHECKSUM]
+    assert ckpt.latest_valid(tmp_path) == (path, [])
+
+
+# -- end to end ---------------------------------------------------------------------------------------------
+
+SPIRALS = ["--set", "train.log_every=1", "--quiet", "--checkpoint-every", "20"]
+
+
+def metrics(path):
+    return [json.loads(line) for line in open(path)]
+
+
+@pytest.mark.parametrize("damage", [truncate, flip_a_byte], ids=["truncated", "flipped"])
+def test_resume_falls_back_from_a_damaged_newest_checkpoint(tmp_path, spirals_data, damage):
+    ck, m = tmp_path / "ck", tmp_path / "m.jsonl"
+    base = ["train", "spirals-mlp", "--data", spirals_data, "--checkpoint-dir", ck, "--metrics", m, *SPIRALS]
+    r = run_distnet([*base, "--set", "train.max_steps=60"], n=2, timeout=120)
+    assert r.returncode == 0, r.stderr
+    newest = ckpt.checkpoint_path(ck, 60)
+    damage(newest)
+    r = run_distnet([*base, "--epochs", "2", "--resume"], n=2, timeout=120)
+    assert r.returncode == 0, r.stderr
+    warnings = [line for line in r.stderr.splitlines() if "damaged" in line]
+    assert len(warnings) == 1 and str(newest) in warnings[0], r.stderr
+    assert f"using {ckpt.checkpoint_path(ck, 40)} instead" in warnings[0]
+    start = [x for x in metrics(m) if x["event"] == "start"][-1]
+    assert start["step"] == 40 and start["resumed_from"] == str(ckpt.checkpoint_path(ck, 40))
+    assert start["skipped_checkpoints"] == [str(newest)]
+    assert metrics(m)[-1]["event"] == "summary" and metrics(m)[-1]["steps"] == 124
+    # distnet eval of the folder takes the newest valid one too (the damaged one was pruned by now: damage again)
+    damage(ckpt.latest(ck))
+    ev = run_distnet(["eval", ck, "--data", spirals_data, "--json"], timeout=60)
+    assert ev.returncode == 0, ev.stderr
+    assert json.loads(ev.stdout)["checkpoint"] == str(ckpt.list_checkpoints(ck)[-2])
+    assert "damaged" in ev.stderr
+
+
+def test_the_resume_line_says_from_where(tmp_path, spirals_data):
+    ck = tmp_path / "ck"
+    base = ["train", "spirals-mlp", "--data", spirals_data, "--checkpoint-dir", ck, "--set", "train.log_every=1"]
+    r = run_distnet([*base, "--set", "train.max_steps=70", "--epochs", "3"], timeout=120)
+    assert r.returncode == 0, r.stderr
+    r = run_distnet([*base, "--epochs", "3", "--resume"], n=2, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert f"distnet: resumed from {ckpt.checkpoint_path(ck, 70)}: step 70, epoch 2 of 3" in r.stdout + r.stderr
+
+
+def test_a_full_disk_stops_the_run_and_keeps_the_previous_checkpoint(tmp_path, spirals_data, tmpfs):
+    # one checkpoint is 63 KB: the first fits, the second (written beside it) does not
+    ck = tmpfs("96k")
+    r = run_distnet(["train", "spirals-mlp", "--data", spirals_data, "--checkpoint-dir", ck, "--epochs", "2",
+                     "--set", "checkpoint.keep=1", "--quiet"], n=2, timeout=120)
+    assert r.returncode == 2, r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("distnet: error:")]
+    assert len(errors) == 1 and "Traceback" not in r.stderr, r.stderr
+    first = ckpt.checkpoint_path(ck, 62)
+    assert f"cannot write checkpoint {ckpt.checkpoint_path(ck, 124)} at step 124: No space left on device" \
+        in errors[0]
+    assert f"{first} is intact" in errors[0] and "--resume" in errors[0]
+    assert sorted(p.name for p in ck.iterdir()) == [first.name]  # no temporary file left behind
+    assert ckpt.latest_valid(ck) == (first, [])
