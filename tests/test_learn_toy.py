@@ -1,7 +1,5 @@
 """Small MLPs learn XOR and two spirals with plain full-batch gradient descent (written inline here)."""
 
-import time
-
 import numpy as np
 
 from distnet.layers import Dense, ReLU, Tanh
@@ -35,8 +33,6 @@ def test_xor():
 
 
 def test_two_spirals():
-    start = time.perf_counter()
     x, y = two_spirals(100, np.random.default_rng(0))
     model = Sequential([Dense(2, 64), ReLU(), Dense(64, 64), ReLU(), Dense(64, 2)], input_shape=(2,), seed=0)
     assert train(model, x, y, lr=0.2, steps=3000) >= 0.99
-    assert time.perf_counter() - start < 20
