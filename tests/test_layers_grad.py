@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from distnet.layers import (ELU, SELU, AvgPool2D, BatchNorm, Conv2D, ConvTranspose2D, Dense, Dropout, Flatten,
-                            LeakyReLU, MaxPool2D, ReLU, Sigmoid, Softmax, Softplus, Tanh)
+                            L2Pool2D, LeakyReLU, MaxPool2D, ReLU, Sigmoid, Softmax, Softplus, Tanh)
 
 from distnet.layers.gradcheck import check_layer
 
@@ -91,9 +91,46 @@ def test_conv_transpose2d(cfg):
 
 
 @pytest.mark.parametrize("layer", [MaxPool2D(2), MaxPool2D(3, stride=2), MaxPool2D((2, 3), stride=1),
-                                   AvgPool2D(2), AvgPool2D(3, stride=2), AvgPool2D(2, stride=1)], ids=repr)
+                                   AvgPool2D(2), AvgPool2D(3, stride=2), AvgPool2D(2, stride=1),
+                                   L2Pool2D(2), L2Pool2D(3, stride=2), L2Pool2D((2, 3), stride=1)], ids=repr)
 def test_pooling(layer):
     check_layer(built(layer, (2, 7, 6)), randn(2, 2, 7, 6))
+
+
+L2POOLS = [dict(kernel_size=2), dict(kernel_size=3, stride=2), dict(kernel_size=(2, 3), stride=1)]
+
+
+@pytest.mark.parametrize("cfg", L2POOLS, ids=str)
+def test_l2_pooling_matches_pytorch_lp_pool2d_or_the_definition(cfg):
+    """Against torch.nn.functional.lp_pool2d(x, 2, k, s) (value and gradient) when PyTorch is installed; else
+    against sqrt(sum of squares) per window written out directly. Finite differences: test_pooling."""
+    x, dy = randn(2, 3, 7, 6), randn(2, 3, *L2Pool2D(**cfg).out_hw((7, 6)), seed=8)
+    layer = built(L2Pool2D(**cfg), (3, 7, 6))
+    y, dx = layer.forward(x), layer.backward(dy)
+    try:
+        import torch
+    except ImportError:
+        (kh, kw), (sh, sw) = layer.kernel_size, layer.stride
+        ref = np.array([[[[np.sqrt(np.sum(x[n, c, i * sh:i * sh + kh, j * sw:j * sw + kw] ** 2))
+                           for j in range(y.shape[3])] for i in range(y.shape[2])] for c in range(3)]
+                        for n in range(2)])
+        np.testing.assert_allclose(y, ref, rtol=1e-12)
+        return
+    xt = torch.tensor(x, requires_grad=True)
+    yt = torch.nn.functional.lp_pool2d(xt, 2, cfg["kernel_size"], cfg.get("stride"))
+    yt.backward(torch.tensor(dy))
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-8, atol=1e-12)
+
+
+def test_l2_pooling_gradient_of_an_all_zero_window_is_zero():
+    layer = built(L2Pool2D(2), (1, 4, 4))
+    x = randn(1, 1, 4, 4)
+    x[:, :, :2, :2] = 0
+    y = layer.forward(x)
+    dx = layer.backward(np.ones_like(y))
+    assert y[0, 0, 0, 0] == 0 and np.all(np.isfinite(dx)) and np.all(dx[:, :, :2, :2] == 0)
+    np.testing.assert_allclose(dx[:, :, 2:, 2:], x[:, :, 2:, 2:] / y[:, :, 1:, 1:].repeat(2, 2).repeat(2, 3))
 
 
 def test_flatten():

@@ -6,7 +6,7 @@ from .conv import Conv2D, ConvTranspose2D
 from .dense import Dense
 from .dropout import Dropout
 from .norm import BatchNorm
-from .pool import AvgPool2D, MaxPool2D
+from .pool import AvgPool2D, L2Pool2D, MaxPool2D
 from .shape import Flatten
 
 # The registry of layer types: config type name -> class. Each layer registers itself beside its class with

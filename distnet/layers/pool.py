@@ -1,6 +1,6 @@
-"""Max and average pooling over NCHW windows (stride defaults to the kernel size).
+"""Max, average and L2 pooling over NCHW windows (stride defaults to the kernel size).
 
-Both loop over the kh*kw kernel offsets only, each step a strided view of the whole batch. Non-overlapping
+All loop over the kh*kw kernel offsets only, each step a strided view of the whole batch. Non-overlapping
 windows (stride >= kernel, the common 2x2 case) write each input position at most once; overlapping
 windows accumulate.
 """
@@ -127,3 +127,27 @@ class AvgPool2D(_Pool2D):
         out_hw = dy.shape[2:]
         share = dy * (1.0 / (self.kernel_size[0] * self.kernel_size[1]))
         return self.hold("dx", self.route(np.zeros(self._shape, dy.dtype), out_hw, lambda k: share))
+
+
+@register("l2pool2d")
+class L2Pool2D(_Pool2D):
+    """Square root of the sum of squares over each window (PyTorch's ``lp_pool2d`` with norm 2). Its gradient
+    x / y is taken as 0 where a window is all zeros (y = 0), where the square root has no derivative."""
+
+    def forward(self, x, training=True):
+        out_hw = self.forward_hw(x)
+        views = self.offsets(x, out_hw)
+        _, first = next(views)
+        s = np.square(first)
+        for _, view in views:
+            s += np.square(view)
+        y = np.sqrt(s, out=s)
+        self._cache = (x, y)
+        return self.hold("y", y)
+
+    def backward(self, dy):
+        x, y = self._cache
+        out_hw = y.shape[2:]
+        share = np.divide(dy, y, out=np.zeros_like(y), where=y > 0)
+        xs = [view for _, view in self.offsets(x, out_hw)]
+        return self.hold("dx", self.route(np.zeros(x.shape, dy.dtype), out_hw, lambda k: xs[k] * share))
