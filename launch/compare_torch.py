@@ -120,6 +120,8 @@ def torch_model(layer_specs, input_shape):
             mods.append(nn.Conv2d(c, spec["out_channels"], k, stride=spec.get("stride", 1), padding=pad))
         elif kind == "maxpool2d":
             mods.append(nn.MaxPool2d(spec["kernel_size"], spec.get("stride")))
+        elif kind == "dropout":
+            mods.append(nn.Dropout(spec.get("p", 0.5)))
         elif kind in ("relu", "flatten"):
             mods.append(nn.ReLU() if kind == "relu" else nn.Flatten())
         else:

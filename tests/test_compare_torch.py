@@ -76,3 +76,18 @@ def test_tiny_comparison(fashion_data, tmp_path, capsys):
     assert table[0].split() == ["model", "setting", "distnet", "samples/s", "torch", "mode", "torch", "samples/s",
                                 "distnet/torch"]
     assert len(table) == 2 + len(rows) + 1 and all(t.startswith("mlp") for t in table[2:5])
+
+
+def test_torch_replicas_of_the_fashion_presets_have_distnets_parameter_count():
+    """The PyTorch side builds every layer type the Fashion presets use (dropout since fashion-cnn has it)."""
+    from distnet import build
+    from distnet import config as C
+
+    mod = load_script()
+    for preset in ("fashion-mlp", "fashion-cnn"):
+        layers = C.load(preset)["model"]["layers"]
+        n = build.model(C.load(preset), (1, 28, 28)).num_params
+        if not torch_importable():  # CI has no torch: the layer list must at least be one it knows
+            assert {spec["type"] for spec in layers} <= {"dense", "conv2d", "maxpool2d", "relu", "flatten", "dropout"}
+            continue
+        assert sum(p.numel() for p in mod.torch_model(layers, (1, 28, 28)).parameters()) == n

@@ -165,3 +165,26 @@ def test_figures_of_an_image_classifier(tmp_path, shapes_data):
         img = png_pixels(path)
         assert img.shape[0] >= least[0] and img.shape[1] >= least[1], (name, img.shape)
         assert img[..., :3].std() > 0.05, f"{name} looks blank"
+
+
+def test_committee_script_trains_k_seeds_and_evaluates_them(tmp_path, spirals_data):
+    import os
+    import subprocess
+    import sys
+
+    from .conftest import ROOT
+
+    env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS="1")
+    cmd = [str(ROOT / "launch" / "committee.sh"), "2", "spirals-mlp", "2", str(tmp_path / "c"), "--data",
+           str(spirals_data), "--epochs", "2", "--quiet"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert r.returncode == 0, r.stderr
+    report = json.loads((tmp_path / "c" / "committee.json").read_text())
+    assert [p.split("/")[-2] for p in report["checkpoints"]] == ["seed-1", "seed-2"]
+    assert len(report["members"]) == 2 and "committee of 2 (mean probability)" in r.stdout
+    from distnet import checkpoint as ckpt
+
+    assert [ckpt.read_meta(p)["seed"] for p in report["checkpoints"]] == [1, 2]
+    assert all((tmp_path / "c" / f"seed-{i}" / "metrics.jsonl").stat().st_size for i in (1, 2))
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)  # members kept
+    assert again.returncode == 0 and again.stderr.count("already trained") == 2, again.stderr
