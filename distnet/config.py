@@ -50,6 +50,8 @@ SCHEMA = {
         "max_skips": (int, 10),
         "max_steps": (int, 0),          # stop after this many steps (0 = all epochs)
         "log_every": (int, 50),         # steps between train metric lines
+        "noise_every": (int, 1),        # measure the gradient noise scale every this many steps (0 = off)
+        "noise_decay": (NUM, 0.99),     # its moving averages' decay per measured step
     },
     # [optimizer] and [schedule] take the keys of the optimizer or schedule they name (see distnet.optim
     # and distnet.schedules); their factories check them. These are the keys the trainer itself reads:

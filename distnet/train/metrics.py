@@ -55,7 +55,7 @@ def _clean(v):
     if isinstance(v, float) and not math.isfinite(v):
         return str(v)  # JSON has no NaN/inf; keep it readable instead of writing invalid JSON
     if isinstance(v, float):
-        return round(v, 6)
+        return float(f"{v:.7g}")  # significant digits: a squared gradient norm of 1e-8 must not become 0
     return v
 
 

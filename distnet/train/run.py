@@ -17,6 +17,7 @@ from .. import config as C
 from ..errors import ConfigError, UserError
 from ..layers import Layer
 from ..schedules import scale_lr
+from .noise import NoiseScale
 
 
 @dataclass
@@ -55,6 +56,7 @@ class Run:
     total_steps: int
     pos: Position = field(default_factory=Position)
     accum: np.ndarray = None  # the earlier micro-steps' gradient sum (accumulation only)
+    noise: object = None  # the gradient noise scale estimator (``train.noise_every``), None when off
     draws: bool = False  # some layer draws random numbers in training (it overrides Layer.reseed)
     samples: int = 0  # global samples trained by this process (a resumed run counts from its start)
     stop: str = ""  # why the loop should end before its epochs are done ("" = go on)
@@ -96,7 +98,7 @@ class Run:
         return dict(asdict(self.pos), config=C.to_toml(self.cfg), seed=self.cfg["train"]["seed"],
                     global_batch=self.batch, world_size=self.world.size, dataset=ds.name,
                     input_shape=list(ds.input_shape), num_classes=ds.num_classes, num_samples=s.num_samples,
-                    drop_last=s.drop_last)
+                    drop_last=s.drop_last, noise=self.noise.state() if self.noise is not None else None)
 
     def close(self):
         self.reader.close()
@@ -127,6 +129,10 @@ def setup(cfg, w):
 
     tc, oc = cfg["train"], cfg["optimizer"]
     B, k, p = tc["batch_size"], tc["accumulate"], w.size
+    if tc["noise_every"] < 0:
+        raise ConfigError(f"train.noise_every = {tc['noise_every']}: use a step count >= 1, or 0 for no noise scale")
+    if not 0 <= tc["noise_decay"] < 1:
+        raise ConfigError(f"train.noise_decay = {tc['noise_decay']}: use a decay in [0, 1), e.g. 0.99")
     if B % (p * k):
         raise ConfigError(f"global batch {B} is not divisible by ranks x accumulation steps = {p} x {k}: "
                           f"choose a batch size that is a multiple of {p * k}")
@@ -160,7 +166,9 @@ def setup(cfg, w):
                optimizer=build.optimizer(cfg, model, lr0), schedule=build.schedule(cfg, lr0, total_steps),
                sync=comm.sync.make(w, model, cfg["comm"]), steps_per_epoch=sampler.steps_per_epoch,
                total_steps=total_steps, accum=np.zeros_like(model.grads_flat) if k > 1 else None,
-               draws=any(type(layer).reseed is not Layer.reseed for layer in model.layers))
+               draws=any(type(layer).reseed is not Layer.reseed for layer in model.layers),
+               noise=NoiseScale(tc["noise_every"], tc["noise_decay"], fallback=p * k == 1)
+               if tc["noise_every"] > 0 else None)
 
 
 def resume(run):
@@ -189,5 +197,7 @@ def resume(run):
                    "global_batch": int(meta["global_batch"]), "seed": int(meta["seed"]),
                    "num_samples": int(meta.get("num_samples", s.num_samples)),
                    "drop_last": bool(meta.get("drop_last", s.drop_last))})
+    if run.noise is not None and isinstance(meta.get("noise"), dict):
+        run.noise.load_state(meta["noise"])
     run.pos = Position(**{k: type(v)(meta[k]) for k, v in asdict(Position()).items()})
     return path

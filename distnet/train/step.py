@@ -26,6 +26,7 @@ class Stats:
     lr: float
     skipped: str = ""  # why the update was skipped ("" = applied)
     sync: dict = field(default_factory=dict)  # what the gradient-sync strategy measured
+    noise: dict = field(default_factory=dict)  # the gradient noise scale so far (``train.noise_every``; see ``noise.py``)
 
 
 def step(run, x, y, index):
@@ -34,7 +35,10 @@ def step(run, x, y, index):
     tc, model, loss, sync, mark = run.cfg["train"], run.model, run.loss, run.sync, run.mark
     k, B, t = tc["accumulate"], run.batch, run.pos.global_step
     micro = len(y) // k
-    loss_sum = correct = 0.0
+    loss_sum = correct = small_sq = 0.0
+    noise = run.noise
+    # the noise scale's small-batch term: each micro-batch's squared gradient norm, before any summing
+    measure = noise is not None and not noise.fallback and noise.due(t)
     for m in range(k):
         part = slice(m * micro, (m + 1) * micro)
         xm, ym = (x, y) if k == 1 else (x[part], y[part])
@@ -51,20 +55,30 @@ def step(run, x, y, index):
         mark("forward")
         if m < k - 1:
             model.backward(dy)
+            if measure:
+                small_sq += float(np.dot(model.grads_flat, model.grads_flat))
             if m == 0:
                 run.accum[...] = model.grads_flat
             else:
                 run.accum += model.grads_flat
         else:
             # the loss sums travel with the gradients (summed during backward, no extra collective)
-            totals = np.array([loss_sum, correct, len(y)], np.float64)
-            sync.begin(run.accum, stats=totals)
+            # (and so does the sum of the micro-batches' squared gradient norms, completed by the strategy)
+            totals = np.array([loss_sum, correct, len(y), small_sq], np.float64)
+            sync.begin(run.accum, stats=totals, norm_at=3 if measure else None)
             model.backward(dy, sync=sync)
         mark("backward")
     sync.finish()
     mark("comm")
     g = model.grads_flat
-    gnorm = float(np.sqrt(np.dot(g, g)))  # identical on every rank: the gradients are summed
+    gsq = float(np.dot(g, g))
+    gnorm = math.sqrt(gsq)  # identical on every rank: the gradients are summed
+    if measure:
+        # the arena holds a micro-batch's gradient scaled by micro/B: its mean gradient is the arena x B/micro
+        n = run.world.size * k
+        noise.update(totals[3] * (B / micro) ** 2 / n, micro, gsq, B)
+    elif noise is not None and noise.fallback and (noise.due(t) or noise.keeps(t)):
+        noise.update_consecutive(g, B, keep=noise.keeps(t))
     lr = run.schedule(t)
     skipped = ""
     if not (math.isfinite(gnorm) and math.isfinite(totals[0])):
@@ -81,4 +95,5 @@ def step(run, x, y, index):
         run.optimizer.step(lr)
     mark("optimizer")
     return Stats(step=t, loss_sum=float(totals[0]), correct=float(totals[1]), count=float(totals[2]),
-                 grad_norm=gnorm, lr=lr, skipped=skipped, sync=sync.measures())
+                 grad_norm=gnorm, lr=lr, skipped=skipped, sync=sync.measures(),
+                 noise=noise.metrics() if noise is not None else {})

@@ -21,7 +21,9 @@ class Bucketed(Sync):
     within a block (rather than once per block) is what lets the previous block travel.
 
     With gradient accumulation, ``accum`` holds the earlier micro-steps' sum; it is added bucket by bucket
-    just before that bucket's allreduce starts, so accumulation costs no extra pass over the arena.
+    just before that bucket's allreduce starts, so accumulation costs no extra pass over the arena. When the
+    step asks for this rank's squared gradient norm (``norm_at``), each bucket adds its dot product just
+    before that (in cache, as the bucket was just written), and the stats leave with the last bucket.
     """
 
     name = "bucketed"
@@ -75,11 +77,19 @@ class Bucketed(Sync):
             out += [(x, min(x + step, b)) for x in range(a, b, step)][::-1]
         return out
 
+    def begin(self, accum=None, stats=None, norm_at=None):
+        self.started = 0
+        super().begin(accum, stats, norm_at)
+
     def _start(self, sl):
+        self._local(sl)
         if self.accum is not None:
             self.grads[sl] += self.accum[sl]
         if self.w.size > 1:
             self.reqs.append(self.w.iallreduce(self.grads[sl]))
+        self.started += 1
+        if self.started == len(self.buckets):
+            self._send_stats()
 
     def rows(self, i):
         return Rows(self.pieces, self._rows_done) if i == self.split_index else None
