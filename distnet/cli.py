@@ -13,6 +13,7 @@ COMMANDS = {
     "eval": ("distnet.train.evalcli", "evaluate a checkpoint on a dataset"),
     "data": ("distnet.data.commands", "prepare and inspect datasets"),
     "bench": ("distnet.bench", "benchmarks: step, compute, allreduce, train, data"),
+    "noise": ("distnet.train.noisecli", "how a minibatch gradient's error falls with the batch size (sigma/sqrt(m))"),
     "plot": ("distnet.plot.cli", "figures (PNG): learning curves of runs, decision regions"),
 }
 
