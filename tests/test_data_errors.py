@@ -133,7 +133,7 @@ def test_checksum_mismatch_found_by_inspect_only(small):
 
 def test_output_exists_without_force(small):
     result = run_distnet(["data", "prepare", "spirals", "--out", small])
-    assert_user_error(result, small, "already exists", "--force")
+    assert_user_error(result, small, "already holds a prepared dataset", "--force")
     assert run_distnet(["data", "prepare", "spirals", "--out", small, "--force", "--num-train", 100,
                         "--num-test", 50]).returncode == 0
     assert len(open_dataset(small)["train"]) == 100

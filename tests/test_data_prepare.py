@@ -10,6 +10,7 @@ import pytest
 
 from distnet.data import BatchReader, open_dataset
 from distnet.data.prepare import prepare
+from distnet.errors import DataError
 
 from .conftest import run_distnet
 
@@ -169,6 +170,6 @@ def test_failed_prepare_leaves_no_partial_folder(tmp_path, monkeypatch):
 
     real = writer.write_shard
     monkeypatch.setattr(writer, "write_shard", failing)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(DataError, match="disk full"):
         prepare("spirals", tmp_path / "sp", num_train=200, num_test=50, shards=2)
     assert list(tmp_path.iterdir()) == []

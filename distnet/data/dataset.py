@@ -1,6 +1,7 @@
 """Opening a prepared dataset: every problem is found here, before training, as a one-line DataError."""
 
 import json
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -8,7 +9,7 @@ import h5py
 import numpy as np
 
 from ..errors import DataError
-from .layout import FORMAT_VERSION, REQUIRED_ATTRS, SPLITS, X_DTYPES
+from .layout import FORMAT_VERSION, REQUIRED_ATTRS, SPLITS, X_DTYPES, file_sha256, listing
 
 REPREPARE = "re-create it with `distnet data prepare NAME --out DIR --force`"
 
@@ -218,17 +219,80 @@ def open_split(folder, name, info):
     return Split(name, shards, np.concatenate(labels), info)
 
 
+def not_prepared(folder):
+    """Why FOLDER, which has none of the splits, is not a prepared dataset, and the command that makes one
+    (never one that would write into FOLDER, which may be a raw copy such as /usr/share/datasets/...)."""
+    entries = sorted(p.name for p in folder.iterdir())
+    if not entries:
+        return (f"{folder} is empty, not a prepared dataset: prepare one there with "
+                f"`distnet data prepare NAME --out {folder}` (`distnet data list` names them)")
+    idx = [e for e in entries if IDX_FILE.search(e)]
+    if idx:
+        name = identify_idx(folder, idx)
+        out = f"data/{name}" if name != "NAME" else "data/NAME"
+        return (f"{folder} holds raw IDX files ({listing(idx)}), not a prepared dataset: convert them with "
+                f"`distnet data prepare {name} --source {folder} --out {out}` and pass --data {out}")
+    return (f"{folder} is not a prepared dataset (no {'/ and '.join(SPLITS)}/ folders of shards; it holds "
+            f"{listing(entries)}): prepare one into a new folder with `distnet data prepare NAME --out DIR` "
+            "and pass --data DIR")
+
+
+IDX_FILE = re.compile(r"-idx\d-ubyte(\.gz)?$")
+
+
+def identify_idx(folder, idx_files):
+    """The catalog dataset whose files these are (by the SHA-256 of the smallest one), else NAME."""
+    from . import catalog
+
+    smallest = min(idx_files, key=lambda e: (folder / e).stat().st_size)
+    digest = None
+    for name in catalog.names():
+        manifest = catalog.get(name)
+        for entry in manifest.get("files", {}).values():
+            if entry["name"] == smallest and entry.get("sha256"):
+                digest = digest or file_sha256(folder / smallest)
+                if entry["sha256"] == digest:
+                    return name
+    return "NAME"
+
+
 def open_dataset(path, splits=SPLITS):
     """Open and validate the prepared dataset in folder PATH (all SPLITS must be present)."""
     folder = Path(path)
     if not folder.is_dir():
         raise DataError(f"{folder}: dataset folder not found: prepare it with "
                         f"`distnet data prepare NAME --out {folder}`")
+    if not any((folder / name).is_dir() for name in splits):
+        raise DataError(not_prepared(folder))
     opened, info = {}, None
     for name in splits:
         opened[name] = open_split(folder, name, info)
         info = opened[name].info
     return Dataset(folder, opened, info)
+
+
+def fingerprint(ds):
+    """What copies of a prepared dataset on different nodes must agree on, found without reading the data:
+    per shard (split/file name, size in bytes, the x and y checksums stored at preparation)."""
+    out = []
+    for name, split in ds.splits.items():
+        for shard in split.shards:
+            with h5py.File(shard.path, "r") as f:
+                sums = tuple(str(f.attrs[k]) for k in ("x_sha256", "y_sha256"))
+            out.append((f"{name}/{shard.path.name}", shard.path.stat().st_size, *sums))
+    return out
+
+
+def fingerprint_difference(mine, theirs):
+    """How fingerprint MINE differs from THEIRS, in words (None when they agree)."""
+    if mine == theirs:
+        return None
+    if [m[0] for m in mine] != [t[0] for t in theirs]:
+        return (f"its shards ({listing([m[0] for m in mine], 3)} against {listing([t[0] for t in theirs], 3)})")
+    m, t = next((m, t) for m, t in zip(mine, theirs) if m != t)
+    if m[1] != t[1]:
+        return f"{m[0]} ({m[1]:,} bytes against {t[1]:,})"
+    return f"{m[0]} (same size, other contents: prepared differently)"
 
 
 def holdout(split, fraction, seed=0):

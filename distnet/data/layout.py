@@ -7,6 +7,8 @@ and every shard of every split carries the same values. Float data has ``pixel_s
 
 import hashlib
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 
@@ -18,9 +20,31 @@ REQUIRED_ATTRS = ("format_version", "dataset", "class_names", "input_shape", "me
 HASH_ROWS_BYTES = 64 << 20
 
 
+SHARD_NAME = re.compile(r"^part-\d{5}-of-\d{5}\.h5$")
+
+
 def shard_name(index, count):
     """File name of shard INDEX of COUNT."""
     return f"part-{index:05d}-of-{count:05d}.h5"
+
+
+def foreign_entries(folder):
+    """What in FOLDER distnet did not write as a prepared dataset (paths relative to FOLDER, a folder with a
+    trailing /), in name order: anything but split folders holding shard files. Empty for a prepared dataset,
+    damaged or not, and for an empty folder: the only folders ``--force`` may replace."""
+    folder, out = Path(folder), []
+    for entry in sorted(folder.iterdir()):
+        if entry.name in SPLITS and entry.is_dir() and not entry.is_symlink():
+            out += [f"{entry.name}/{f.name}" + ("/" if f.is_dir() else "") for f in sorted(entry.iterdir())
+                    if not (SHARD_NAME.match(f.name) and f.is_file() and not f.is_symlink())]
+        else:
+            out.append(entry.name + ("/" if entry.is_dir() else ""))
+    return out
+
+
+def listing(names, limit=4):
+    """'a, b, c, ...' for messages."""
+    return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
 
 
 def pixel_scale(dtype):

@@ -9,7 +9,9 @@ import h5py
 import numpy as np
 
 from ..errors import DataError
-from .layout import FORMAT_VERSION, channel_stats, encode, pixel_scale, sha256_rows, shard_name
+from ..outputs import check_folder
+from .layout import FORMAT_VERSION, channel_stats, encode, foreign_entries, listing, pixel_scale, sha256_rows, \
+    shard_name
 
 COMPRESS_CHUNK_BYTES = 16 << 10  # small: random access decompresses a whole chunk per sample
 
@@ -56,9 +58,22 @@ def common_attrs(name, class_names, train_x, source_sha256, extra):
 
 
 def check_target(out, force):
-    """Refuse an existing OUT unless FORCE."""
-    if out.exists() and not force:
-        raise DataError(f"{out} already exists: pass --force to replace it, or choose another --out")
+    """OUT may be written: it does not exist, is an empty folder, or (with FORCE) holds a prepared dataset.
+    Anything distnet did not write is never replaced, --force or not (a raw IDX folder passed as --out)."""
+    out = Path(out)
+    check_folder(out.parent, f"--out {out}: its folder", "--out")
+    if not out.exists() and not out.is_symlink():
+        return
+    if not out.is_dir() or out.is_symlink():
+        raise DataError(f"--out {out} is a {'link' if out.is_symlink() else 'file'}, not a dataset folder: "
+                        "choose another --out")
+    foreign = foreign_entries(out)
+    if foreign:
+        raise DataError(f"--out {out} holds {len(foreign)} file(s) that distnet did not write "
+                        f"({listing(foreign)}): choose another --out")
+    if any(out.iterdir()) and not force:
+        raise DataError(f"{out} already holds a prepared dataset: pass --force to replace it, or choose another "
+                        "--out")
 
 
 def write_dataset(out, name, class_names, splits, source_sha256, shards=1, compress=False, force=False,
@@ -74,6 +89,11 @@ def write_dataset(out, name, class_names, splits, source_sha256, shards=1, compr
         for split, (x, y) in splits.items():
             write_split(tmp, split, x, y, common, shards, compress)
         replace_dir(tmp, out)
+    except OSError as e:  # a full or failing disk: the user's to fix, and nothing was changed
+        shutil.rmtree(tmp, ignore_errors=True)
+        reason = os.strerror(e.errno) if e.errno else str(e)
+        raise DataError(f"cannot write the dataset beside {out} ({reason}): {out} is unchanged; free space "
+                        "there or choose another --out") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -81,7 +101,8 @@ def write_dataset(out, name, class_names, splits, source_sha256, shards=1, compr
 
 
 def replace_dir(tmp, out):
-    """Rename TMP to OUT; an existing OUT is moved aside first and removed only after the rename."""
+    """Rename TMP to OUT; an existing OUT (a prepared dataset or an empty folder: ``check_target``) is moved
+    aside first and removed only after the rename."""
     old = None
     if out.exists():
         old = out.parent / f".{out.name}.old-{os.getpid()}"

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from .. import comm
 from .observers import Checkpoints, EarlyStop, Evaluation, FaultInjector, Log
 from .profile import StepTimer
-from .run import resume, setup
+from .run import check_same_data, resume, setup
 from .step import step
 
 
@@ -81,6 +81,7 @@ def train(cfg, blas_threads=None, observers=()):
         run = setup(cfg, w)
         if cfg["checkpoint"]["resume"]:
             about["resumed_from"] = str(resume(run))
+    check_same_data(run, about["hosts"])
     comm.check_replicas(w, run.model, "at the start")
     observers = observers_for(run, about) + list(observers)
     try:

@@ -9,6 +9,7 @@ stands out.
 """
 
 import json
+import os
 import time
 
 import numpy as np
@@ -116,6 +117,6 @@ class StepTimer(Observer):
                     for r in range(len(everyone))]
             events = meta + [e for rank_events in everyone for e in rank_events]
             Path(self.trace_path).parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(self.trace_path).with_suffix(".tmp")
+            tmp = Path(self.trace_path).with_name(f".{Path(self.trace_path).name}.tmp-{os.getpid()}")
             tmp.write_text(json.dumps({"traceEvents": events, "displayTimeUnit": "ms"}))
             tmp.replace(self.trace_path)

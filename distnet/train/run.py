@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import build, comm
+from .. import build, comm, outputs
 from .. import checkpoint as ckpt
 from .. import config as C
 from ..errors import ConfigError, UserError
@@ -64,6 +64,7 @@ class Run:
     mark: object = _no_clock  # a step timer's phase clock (a function of the phase name), when one listens
     paused_s: float = 0.0  # seconds spent off the clock (evaluation, checkpoints) so far
     skipped_checkpoints: list = field(default_factory=list)  # damaged newer checkpoints that resume passed over
+    data_fingerprint: list = None  # this rank's copy of the data, as ``check_same_data`` compares it
 
     @contextmanager
     def off_clock(self):
@@ -125,7 +126,7 @@ class _Batches:
 
 def setup(cfg, w):
     """Open the data, build model, loss, optimizer, schedule and gradient sync on every rank."""
-    from ..data import Augment, BatchReader, Sampler, holdout, open_dataset
+    from ..data import Augment, BatchReader, Sampler, fingerprint, holdout, open_dataset
 
     tc, oc = cfg["train"], cfg["optimizer"]
     B, k, p = tc["batch_size"], tc["accumulate"], w.size
@@ -136,6 +137,7 @@ def setup(cfg, w):
     if B % (p * k):
         raise ConfigError(f"global batch {B} is not divisible by ranks x accumulation steps = {p} x {k}: "
                           f"choose a batch size that is a multiple of {p * k}")
+    check_outputs(cfg, w)
     data_dir = C.data_path(cfg)
     if not Path(data_dir).exists():
         name = cfg["data"]["dataset"] or "NAME"
@@ -168,7 +170,45 @@ def setup(cfg, w):
                total_steps=total_steps, accum=np.zeros_like(model.grads_flat) if k > 1 else None,
                draws=any(type(layer).reseed is not Layer.reseed for layer in model.layers),
                noise=NoiseScale(tc["noise_every"], tc["noise_decay"], fallback=p * k == 1)
-               if tc["noise_every"] > 0 else None)
+               if tc["noise_every"] > 0 else None,
+               data_fingerprint=fingerprint(ds))
+
+
+def check_same_data(run, hosts):
+    """Every rank reads the same prepared data (each node may hold its own copy): the ranks compare their
+    copies' fingerprints with rank 0's in one allgather, and all stop with one line (exit 2) naming the ranks
+    and hosts that differ. Collective; call it after ``setup``, outside ``comm.agreed``."""
+    from ..data import fingerprint_difference
+
+    everyone = run.world.allgather(run.data_fingerprint)
+    differ = [r for r, fp in enumerate(everyone) if fp != everyone[0]]
+    if not differ:
+        return
+    host = {r: h for h, ranks in hosts.items() for r in ranks}
+    ranks = ", ".join(f"{r} ({host.get(r, '?')})" for r in differ)
+    raise comm.Stop(f"the ranks read different copies of the data {run.data_dir}: rank(s) {ranks} differ from "
+                    f"rank 0 ({host.get(0, '?')}) in {fingerprint_difference(everyone[differ[0]], everyone[0])}: "
+                    "give every node the same copy (prepare it once and copy the folder)", exit_code=2)
+
+
+def check_outputs(cfg, w):
+    """Rank 0 (the one that writes) checks before training that the checkpoint folder and the metrics and
+    trace files can be written, and that nothing is lost: a fresh run does not write into an earlier run's
+    checkpoints (its ``prune`` would delete them, or keep theirs over its own)."""
+    if w.rank != 0:
+        return
+    cc, lc = cfg["checkpoint"], cfg["log"]
+    if cc["dir"]:
+        outputs.check_folder(cc["dir"], "checkpoint folder", "--checkpoint-dir")
+        found = ckpt.list_checkpoints(cc["dir"])
+        if found and not cc["resume"]:
+            raise UserError(f"checkpoint folder {cc['dir']} already holds {len(found)} checkpoint(s) of an "
+                            f"earlier run (newest {found[-1].name}): continue it with --resume, or choose another "
+                            "--checkpoint-dir")
+    if lc["metrics"]:
+        outputs.check_file(lc["metrics"], "metrics file", "--metrics", outputs.is_metrics)
+    if lc["trace"]:
+        outputs.check_file(lc["trace"], "trace file", "--trace", outputs.is_trace)
 
 
 def resume(run):
