@@ -35,6 +35,7 @@ from .errors import UserError
 FORMAT_VERSION = 1
 CHECKSUM = "sha256"  # the root attribute holding ``checksum``; files written before it have none
 _NAME = re.compile(r"^ckpt-(\d{9})\.h5$")
+_TEMPORARY = re.compile(r"^\.(ckpt-\d{9}|best)\.h5\.tmp-\d+$")
 
 
 class WriteError(UserError):
@@ -283,6 +284,17 @@ def skipped_line(path, reason, fallback):
     """The one line said for a damaged checkpoint passed over for ``fallback`` (None: no valid one left)."""
     instead = f"using {fallback} instead" if fallback is not None else "and no valid checkpoint is before it"
     return f"distnet: warning: checkpoint {path} is damaged ({reason}): {instead}"
+
+
+def remove_temporaries(directory):
+    """Delete the temporary files of writes that never finished (a process killed mid-write leaves one);
+    called by the run that owns the folder before its first write. Returns their paths."""
+    d = Path(directory)
+    found = [p for p in d.iterdir() if _TEMPORARY.match(p.name)] if d.is_dir() else []
+    for p in found:
+        with suppress(OSError):
+            p.unlink()
+    return found
 
 
 def prune(directory, keep):

@@ -480,6 +480,15 @@ def main(argv=None):
     if os.geteuid() != 0:
         print("netscale: must run as root (cluster/netns.sh makes network namespaces)", file=sys.stderr)
         return 2
+    if args.json and args.json != "-":  # found now, not after minutes of measuring
+        from distnet.errors import UserError
+        from distnet.outputs import check_file
+
+        try:
+            check_file(args.json, "--json file", "--json", lambda p: b'"settings"' in Path(p).read_bytes()[:64])
+        except UserError as e:
+            print(f"netscale: {e}", file=sys.stderr)
+            return 2
     os.environ.update(ct.THREAD_ENV)
     torch.set_num_threads(1)
     cluster = Cluster(args.prefix)

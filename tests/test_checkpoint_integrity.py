@@ -75,6 +75,17 @@ def test_a_checkpoint_from_before_checksums_is_still_read(tmp_path):
     assert ckpt.latest_valid(tmp_path) == (path, [])
 
 
+def test_temporaries_of_unfinished_writes_are_removed_and_nothing_else(tmp_path):
+    kept = [write(tmp_path, 1), tmp_path / "notes.txt", tmp_path / ".ckpt-000000001.h5.tmp-x"]
+    kept[1].write_text("x")
+    kept[2].write_text("x")
+    stale = [tmp_path / ".ckpt-000000002.h5.tmp-4242", tmp_path / ".best.h5.tmp-17"]
+    for p in stale:
+        p.write_bytes(b"half")
+    assert sorted(ckpt.remove_temporaries(tmp_path)) == sorted(stale)
+    assert sorted(tmp_path.iterdir()) == sorted(kept)
+
+
 # -- end to end ---------------------------------------------------------------------------------------------
 
 SPIRALS = ["--set", "train.log_every=1", "--quiet", "--checkpoint-every", "20"]

@@ -152,3 +152,23 @@ def test_ranks_with_different_copies_of_the_data_stop_with_one_line(tmp_path, sp
                         "-n", "1", *cmd, str(same), "--set", "train.max_steps=2"],
                        capture_output=True, text=True, timeout=60, env=env)
     assert r.returncode == 0, r.stderr
+
+
+def test_ranks_that_resume_from_different_checkpoints_stop_with_one_line(tmp_path, spirals_data):
+    # each rank its own checkpoint folder (node-local disks): rank 1's newest is damaged, rank 0's is not
+    ck0, ck1 = tmp_path / "ck0", tmp_path / "ck1"
+    r, _ = train(spirals_data, "--checkpoint-dir", ck0, "--checkpoint-every", "20", "--set", "train.max_steps=40",
+                 n=None)
+    assert r.returncode == 0, r.stderr
+    shutil.copytree(ck0, ck1)
+    newest = sorted(ck1.glob("ckpt-*.h5"))[-1]
+    newest.write_bytes(newest.read_bytes()[:1000])
+    cmd = [sys.executable, "-m", "distnet", "train", "spirals-mlp", "--quiet", "--data", str(spirals_data),
+           "--resume", "--checkpoint-dir"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    r = subprocess.run([mpiexec_path(), "-n", "1", *cmd, str(ck0), ":", "-n", "1", *cmd, str(ck1)],
+                       capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 2, r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("distnet: error:")]
+    assert len(errors) == 1 and "the ranks resumed from different checkpoints: rank(s) 1 (" in errors[0], r.stderr
+    assert str(ck1 / "ckpt-000000020.h5") in errors[0] and str(ck0 / "ckpt-000000040.h5") in errors[0]

@@ -65,6 +65,7 @@ class Run:
     paused_s: float = 0.0  # seconds spent off the clock (evaluation, checkpoints) so far
     skipped_checkpoints: list = field(default_factory=list)  # damaged newer checkpoints that resume passed over
     data_fingerprint: list = None  # this rank's copy of the data, as ``check_same_data`` compares it
+    resumed_from: str = ""  # the checkpoint ``resume`` loaded ("" = a fresh start)
 
     @contextmanager
     def off_clock(self):
@@ -175,20 +176,29 @@ def setup(cfg, w):
 
 
 def check_same_data(run, hosts):
-    """Every rank reads the same prepared data (each node may hold its own copy): the ranks compare their
-    copies' fingerprints with rank 0's in one allgather, and all stop with one line (exit 2) naming the ranks
-    and hosts that differ. Collective; call it after ``setup``, outside ``comm.agreed``."""
+    """Every rank reads the same prepared data (each node may hold its own copy) and resumed from the same
+    checkpoint (a rank may have found the newest damaged where the others did not): the ranks compare with
+    rank 0 in one allgather, and all stop with one line (exit 2) naming the ranks and hosts that differ.
+    Collective; call it after ``setup`` and ``resume``, outside ``comm.agreed``."""
     from ..data import fingerprint_difference
 
-    everyone = run.world.allgather(run.data_fingerprint)
-    differ = [r for r, fp in enumerate(everyone) if fp != everyone[0]]
-    if not differ:
-        return
+    everyone = run.world.allgather((run.data_fingerprint, run.resumed_from))
     host = {r: h for h, ranks in hosts.items() for r in ranks}
-    ranks = ", ".join(f"{r} ({host.get(r, '?')})" for r in differ)
-    raise comm.Stop(f"the ranks read different copies of the data {run.data_dir}: rank(s) {ranks} differ from "
-                    f"rank 0 ({host.get(0, '?')}) in {fingerprint_difference(everyone[differ[0]], everyone[0])}: "
-                    "give every node the same copy (prepare it once and copy the folder)", exit_code=2)
+
+    def named(ranks):
+        return ", ".join(f"{r} ({host.get(r, '?')})" for r in ranks)
+
+    differ = [r for r, (fp, _) in enumerate(everyone) if fp != everyone[0][0]]
+    if differ:
+        what = fingerprint_difference(everyone[differ[0]][0], everyone[0][0])
+        raise comm.Stop(f"the ranks read different copies of the data {run.data_dir}: rank(s) {named(differ)} "
+                        f"differ from rank 0 ({host.get(0, '?')}) in {what}: give every node the same copy "
+                        "(prepare it once and copy the folder)", exit_code=2)
+    differ = [r for r, (_, path) in enumerate(everyone) if path != everyone[0][1]]
+    if differ:
+        raise comm.Stop(f"the ranks resumed from different checkpoints: rank(s) {named(differ)} from "
+                        f"{everyone[differ[0]][1]}, rank 0 ({host.get(0, '?')}) from {everyone[0][1]}: every "
+                        "rank must see the same checkpoint folder (a shared file system)", exit_code=2)
 
 
 def check_outputs(cfg, w):
@@ -228,6 +238,7 @@ def resume(run):
                             f"{skipped[0][0].name}): move them away and start without --resume")
         raise UserError(f"--resume: no checkpoint in {folder}: start without --resume")
     meta = ckpt.load_training(path, run.model, run.optimizer, contents)
+    run.resumed_from = str(path)
     if int(meta["global_batch"]) != run.batch:
         raise ConfigError(f"--resume: {path} was trained with global batch {meta['global_batch']}, "
                           f"not {run.batch}: resume with --batch-size {meta['global_batch']}")

@@ -17,6 +17,8 @@ class Checkpoints(Observer):
     def __init__(self, run):
         cc = run.cfg["checkpoint"]
         self.dir, self.every, self.keep = cc["dir"], cc["every"], cc["keep"]
+        if self.dir and run.world.rank == 0:
+            ckpt.remove_temporaries(self.dir)  # left by a run killed while writing
 
     def save(self, run, tag=None):
         """Write a checkpoint now (collective); returns its path (None without a checkpoint folder)."""
