@@ -93,6 +93,8 @@ def test_a_folder_that_is_not_a_dataset_is_named_with_what_it_holds(tmp_path, sp
     r, _ = train(tmp_path, n=None)
     one_error(r, f"{tmp_path} is not a prepared dataset", "notes.txt", "--out DIR")
     assert "--force" not in r.stderr
+    r, _ = train(tmp_path / "notes.txt", n=None)
+    one_error(r, f"{tmp_path / 'notes.txt'} is a file, not a prepared dataset folder")
 
 
 # -- --force --------------------------------------------------------------------------------------------------

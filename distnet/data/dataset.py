@@ -259,6 +259,9 @@ def identify_idx(folder, idx_files):
 def open_dataset(path, splits=SPLITS):
     """Open and validate the prepared dataset in folder PATH (all SPLITS must be present)."""
     folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise DataError(f"{folder} is a file, not a prepared dataset folder: pass the folder that "
+                        "`distnet data prepare NAME --out DIR` made")
     if not folder.is_dir():
         raise DataError(f"{folder}: dataset folder not found: prepare it with "
                         f"`distnet data prepare NAME --out {folder}`")
