@@ -2,15 +2,23 @@
 
 This is the only module that imports mpi4py. Without a launcher the same code runs as a world of one: MPI
 starts as a singleton, or, when no MPI library can be loaded at all, a serial stand-in takes its place.
+
+Every wait on a collective is a poll (``Testall``) rather than a blocking MPI call, for two reasons: the
+stall watchdog (``watchdog.py``) can bound it and find out which rank is missing, and Python's signal
+handlers, which run only between bytecodes, are not shut out for as long as a stalled peer keeps a C call
+waiting.
 """
 
 import os
+import pickle
 import socket
 import sys
+from contextlib import contextmanager
 
 import numpy as np
 
 from ..errors import UserError
+from .watchdog import Watchdog
 
 # What launchers set to say how many processes they started. If one says "more than one" while MPI sees a
 # world of one, every process would train alone on the whole batch and write the same files.
@@ -21,6 +29,19 @@ class SerialWorld:
     """A world of one, for machines without any MPI library."""
 
     rank, size = 0, 1
+    step, phase = 0, "setup"  # where this rank is (the loop says): the watchdog reports and bounds by it
+
+    @contextmanager
+    def in_phase(self, phase):
+        """``with w.in_phase("eval"): ...``: waits inside are in that phase (the watchdog bounds only "step")."""
+        before, self.phase = self.phase, phase
+        try:
+            yield
+        finally:
+            self.phase = before
+
+    def watch(self, warn_s, abort_s):
+        """Bound waits in the training step: warn after ``warn_s``, abort after ``abort_s`` (0 = never)."""
 
     def allreduce(self, arr):
         """Sum ``arr`` over ranks, in place; returns it."""
@@ -79,10 +100,17 @@ class MPIWorld(SerialWorld):
         self.comm = MPI.COMM_WORLD
         self.rank = self.comm.Get_rank()
         self.size = self.comm.Get_size()
+        self.ctl = self.comm.Dup()  # the watchdog's messages, apart from training's
+        # who is who, known before anything can stall: a stall message names host and pid
+        self.whois = self.comm.allgather((socket.gethostname(), os.getpid()))
+        self.watchdog = Watchdog(self)
+
+    def watch(self, warn_s, abort_s):
+        self.watchdog.warn_s, self.watchdog.abort_s = warn_s, abort_s
 
     def allreduce(self, arr):
         if self.size > 1:
-            self.comm.Allreduce(self.MPI.IN_PLACE, arr, op=self.MPI.SUM)
+            self.waitall([self.comm.Iallreduce(self.MPI.IN_PLACE, arr, op=self.MPI.SUM)])
         return arr
 
     def iallreduce(self, arr):
@@ -96,19 +124,47 @@ class MPIWorld(SerialWorld):
         return self.comm.Iallgatherv(self.MPI.IN_PLACE, [buf, (list(counts), displs)])
 
     def waitall(self, reqs):
-        self.MPI.Request.Waitall(reqs)
+        testall = self.MPI.Request.Testall
+        self.watchdog.wait(lambda: testall(reqs))
 
     def testall(self, reqs):
         return self.MPI.Request.Testall(reqs)
 
     def allgather(self, obj):
-        return self.comm.allgather(obj)
+        if self.size == 1:
+            return [obj]
+        data = np.frombuffer(pickle.dumps(obj), np.uint8)
+        sizes = np.zeros(self.size, np.int64)
+        self.waitall([self.comm.Iallgather(np.array([data.size], np.int64), sizes)])
+        out = np.empty(int(sizes.sum()), np.uint8)
+        self.waitall([self.comm.Iallgatherv(data, [out, sizes.tolist()])])
+        ends = np.cumsum(sizes).tolist()
+        return [pickle.loads(out[a:b].tobytes()) for a, b in zip([0] + ends[:-1], ends)]
 
     def bcast(self, obj):
-        return self.comm.bcast(obj, root=0)
+        if self.size == 1:
+            return obj
+        data = np.frombuffer(pickle.dumps(obj), np.uint8) if self.rank == 0 else None
+        size = np.array([0 if data is None else data.size], np.int64)
+        self.waitall([self.comm.Ibcast(size, root=0)])
+        buf = data.copy() if self.rank == 0 else np.empty(int(size[0]), np.uint8)
+        self.waitall([self.comm.Ibcast(buf, root=0)])
+        return obj if self.rank == 0 else pickle.loads(buf.tobytes())
 
     def barrier(self):
-        self.comm.Barrier()
+        self.waitall([self.comm.Ibarrier()])
+
+    # the watchdog's point-to-point messages (small objects on their own communicator)
+    def post(self, dest, tag, obj):
+        """Start sending ``obj`` to rank ``dest``; returns the request (complete it with ``testall``)."""
+        return self.ctl.isend(obj, dest=dest, tag=tag)
+
+    def fetch(self, tag):
+        """A message with ``tag`` that has arrived, as (source, obj), or None."""
+        status = self.MPI.Status()
+        if not self.ctl.iprobe(source=self.MPI.ANY_SOURCE, tag=tag, status=status):
+            return None
+        return status.Get_source(), self.ctl.recv(source=status.Get_source(), tag=tag)
 
     def abort(self, code):
         sys.stdout.flush()

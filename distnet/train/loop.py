@@ -9,32 +9,46 @@ gradients, and the ranks sum them with MPI (a gradient-sync strategy, by default
 backward) before all take the same optimizer step. Rank 0 alone logs, writes metrics and checkpoints.
 """
 
+import sys
 import time
 from dataclasses import dataclass
 
+from .. import checkpoint as ckpt
 from .. import comm
 from .observers import Checkpoints, EarlyStop, Evaluation, FaultInjector, Log
+from .observers.signals import Signals, Stopped
 from .profile import StepTimer
 from .run import check_same_data, resume, setup
 from .step import step
 
 
+def tell(run, observers, event, *args):
+    """Tell every observer of an event. Their waits are not the step's (the watchdog leaves them unbounded),
+    and when one worked off the clock (evaluation, a checkpoint: rank 0 may write for long) the ranks meet
+    here, so that no rank waits for that work inside the next step, where waits are bounded."""
+    w, paused = run.world, run.paused_s
+    with w.in_phase("eval/checkpoint"):
+        for o in observers:
+            getattr(o, event)(run, *args)
+        if run.paused_s != paused:
+            w.barrier()
+
+
 def loop(run, observers):
     """Steps until the run is done, telling the observers (see ``observers``) what happens."""
-    for o in observers:
-        o.on_start(run)
+    w = run.world
+    tell(run, observers, "on_start")
     while not run.done():
         batches = run.batches()
         try:
             for x, y, index in batches:
-                for o in observers:
-                    o.on_batch(run, x, y)
+                tell(run, observers, "on_batch", x, y)
+                w.step, w.phase = run.pos.global_step, "step"
                 stats = step(run, x, y, index)
                 run.pos.global_step += 1
                 run.pos.step_in_epoch += 1
                 run.samples += run.batch
-                for o in observers:
-                    o.on_step(run, stats)
+                tell(run, observers, "on_step", stats)
                 if run.done():
                     break
         finally:
@@ -42,10 +56,8 @@ def loop(run, observers):
         if run.pos.step_in_epoch == run.steps_per_epoch:
             run.pos.epoch += 1
             run.pos.step_in_epoch = 0
-            for o in observers:
-                o.on_epoch_end(run)
-    for o in observers:
-        o.on_end(run)
+            tell(run, observers, "on_epoch_end")
+    tell(run, observers, "on_end")
 
 
 @dataclass
@@ -58,14 +70,15 @@ class Result:
     run: object = None  # the finished run (its model, steps per epoch, ...)
 
 
-def observers_for(run, about=None):
+def observers_for(run, about=None, signals=None):
     """The standard observers of ``distnet train``, in the order they must hear of each event."""
     lc, tc = run.cfg["log"], run.cfg["train"]
     timer = StepTimer(run.world, enabled=lc["profile"], trace_path=lc["trace"] or None) \
         if lc["profile"] or lc["trace"] else None
     log = Log(run, timer=timer, about=about)
     checkpoints = Checkpoints(run)
-    chain = [FaultInjector.from_env(run.world.rank), *([timer] if timer else []), log, Evaluation(run, log)]
+    chain = [FaultInjector.from_env(run.world.rank), *([signals] if signals else []), *([timer] if timer else []),
+             log, Evaluation(run, log)]
     if run.val_split is not None and tc["patience"]:
         chain.append(EarlyStop(run, checkpoints, log))
     return chain + [checkpoints]
@@ -75,7 +88,19 @@ def train(cfg, blas_threads=None, observers=()):
     """Run training as ``cfg`` says (every command-line flag is already in it), with ``observers`` after the
     standard ones; returns a ``Result``."""
     w = comm.world()
+    w.watch(cfg["comm"]["stall_warn_s"], cfg["comm"]["stall_abort_s"])
+    signals = Signals(w)  # after MPI's start (MPICH takes SIGUSR1 there); a signal from now on stops cleanly
+    signals.install()
+    try:
+        return _train(w, cfg, blas_threads, observers, signals)
+    finally:
+        signals.restore()
+        w.phase = "end"
+
+
+def _train(w, cfg, blas_threads, observers, signals):
     t_start = time.perf_counter()
+    w.phase = "setup"
     about = {"mpi_library": w.library(), "hosts": comm.hosts(w), "blas_threads": w.allgather(blas_threads)}
     with comm.agreed(w):  # any rank may fail here alone; then all stop with one message
         run = setup(cfg, w)
@@ -83,11 +108,23 @@ def train(cfg, blas_threads=None, observers=()):
             about["resumed_from"] = str(resume(run))
     check_same_data(run, about["hosts"])
     comm.check_replicas(w, run.model, "at the start")
-    observers = observers_for(run, about) + list(observers)
+    observers = observers_for(run, about, signals) + list(observers)
     try:
         loop(run, observers)
     finally:
         run.close()
+    w.phase = "end"
+    if signals.stopped:
+        folder = cfg["checkpoint"]["dir"]
+        saved = ckpt.checkpoint_path(folder, run.pos.global_step) if folder else None
+        line = signals.message(run, saved)
+        metrics = next(o for o in observers if isinstance(o, Log)).metrics
+        metrics.write("stop", run.pos.global_step, signal=signals.stopped[0], ranks=signals.stopped[1],
+                      checkpoint=str(saved) if saved else None)
+        metrics.close()
+        if w.rank == 0:
+            print(line, file=sys.stderr, flush=True)
+        raise Stopped()
     comm.average_buffers(w, run.model)
     comm.check_replicas(w, run.model, "at the end")
     best = run.pos.best_metric if run.pos.best_metric >= 0 else None  # None: no evaluation ran

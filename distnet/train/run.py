@@ -60,6 +60,7 @@ class Run:
     draws: bool = False  # some layer draws random numbers in training (it overrides Layer.reseed)
     samples: int = 0  # global samples trained by this process (a resumed run counts from its start)
     stop: str = ""  # why the loop should end before its epochs are done ("" = go on)
+    stop_vote: float = 0.0  # 1: this rank asks all to stop at this step (a signal); summed with the step's stats
     last_eval: float = None  # the latest evaluation's accuracy (validation, else test)
     mark: object = _no_clock  # a step timer's phase clock (a function of the phase name), when one listens
     paused_s: float = 0.0  # seconds spent off the clock (evaluation, checkpoints) so far

@@ -25,6 +25,7 @@ class Stats:
     grad_norm: float
     lr: float
     skipped: str = ""  # why the update was skipped ("" = applied)
+    stop_votes: float = 0.0  # how many ranks asked to stop at this step (``run.stop_vote``)
     sync: dict = field(default_factory=dict)  # what the gradient-sync strategy measured
     noise: dict = field(default_factory=dict)  # the gradient noise scale so far (``train.noise_every``; see ``noise.py``)
 
@@ -63,8 +64,9 @@ def step(run, x, y, index):
                 run.accum += model.grads_flat
         else:
             # the loss sums travel with the gradients (summed during backward, no extra collective)
-            # (and so does the sum of the micro-batches' squared gradient norms, completed by the strategy)
-            totals = np.array([loss_sum, correct, len(y), small_sq], np.float64)
+            # (and so does the sum of the micro-batches' squared gradient norms, completed by the strategy,
+            # and the ranks' votes to stop on a signal)
+            totals = np.array([loss_sum, correct, len(y), small_sq, run.stop_vote], np.float64)
             sync.begin(run.accum, stats=totals, norm_at=3 if measure else None)
             model.backward(dy, sync=sync)
         mark("backward")
@@ -95,5 +97,5 @@ def step(run, x, y, index):
         run.optimizer.step(lr)
     mark("optimizer")
     return Stats(step=t, loss_sum=float(totals[0]), correct=float(totals[1]), count=float(totals[2]),
-                 grad_norm=gnorm, lr=lr, skipped=skipped, sync=sync.measures(),
+                 grad_norm=gnorm, lr=lr, skipped=skipped, stop_votes=float(totals[4]), sync=sync.measures(),
                  noise=noise.metrics() if noise is not None else {})

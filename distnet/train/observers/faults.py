@@ -1,16 +1,23 @@
 """Fault injection for testing failure handling: ``DISTNET_FAULT=KIND@RANK:STEP``.
 
-KIND is ``raise`` (an exception on that rank), ``nan`` (non-finite inputs, hence loss, on that rank) or
-``crash`` (the process dies without a word, as if killed). Used by the test suite; harmless when the
-variable is unset.
+KIND is ``raise`` (an exception on that rank), ``nan`` (non-finite inputs, hence loss, on that rank),
+``crash`` (the process dies without a word, as if killed) or ``sleep`` (the rank pauses ``SLEEP_S`` seconds
+before that step, as a slow node would: the others wait for it in the step). Used by the test suite; harmless
+when the variable is unset. Under ``distnet run`` a fault fires on the first attempt only
+(``DISTNET_ATTEMPT`` = 0), so that the restarted job can show that it recovers.
 """
 
 import os
+import time
 
 import numpy as np
 
 from ...errors import ConfigError
 from .base import Observer
+
+
+KINDS = ("raise", "nan", "crash", "sleep")
+SLEEP_S = 3.0
 
 
 class FaultInjector(Observer):
@@ -21,14 +28,14 @@ class FaultInjector(Observer):
     @classmethod
     def from_env(cls, my_rank):
         spec = os.environ.get("DISTNET_FAULT", "")
-        if not spec:
+        if not spec or os.environ.get("DISTNET_ATTEMPT", "0") != "0":
             return cls()
         try:
             kind, where = spec.split("@")
             rank, step = (int(v) for v in where.split(":"))
-            assert kind in ("raise", "nan", "crash")
+            assert kind in KINDS
         except (ValueError, AssertionError):
-            raise ConfigError(f"DISTNET_FAULT={spec!r}: expected KIND@RANK:STEP with KIND raise, nan or crash")
+            raise ConfigError(f"DISTNET_FAULT={spec!r}: expected KIND@RANK:STEP with KIND {', '.join(KINDS)}")
         return cls(kind, rank, step, my_rank)
 
     def on_batch(self, run, x, y):
@@ -38,4 +45,7 @@ class FaultInjector(Observer):
             raise RuntimeError(f"injected fault at step {self.step}")
         if self.kind == "crash":
             os._exit(9)
+        if self.kind == "sleep":
+            time.sleep(SLEEP_S)
+            return
         x[...] = np.nan  # the reader's batch is a fresh array

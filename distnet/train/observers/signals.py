@@ -1,0 +1,74 @@
+"""Graceful stop: SIGINT, SIGTERM or SIGUSR1 on any rank (or on mpiexec, which passes them on) ends the run at
+the next step boundary, with a checkpoint, one line, and exit code ``EXIT_STOPPED``.
+
+A handler only notes the signal. The rank's vote (``run.stop_vote``) travels with the next step's gradients
+(one more float in the statistics already summed there), so every rank learns of it at the same step without
+an extra collective; then the ranks gather which signal each had, the run stops (``run.stop``), the
+checkpoint observer writes its final checkpoint, and ``train`` ends with ``Stopped``. A second signal on a
+rank ends the whole job at once (MPI_Abort, exit 128 + the signal's number).
+
+The handlers are installed after MPI's initialization: MPICH installs its own for SIGUSR1 there.
+"""
+
+import signal
+import sys
+
+from ...comm import Stop
+from .base import Observer
+from .log import epoch_label
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+EXIT_STOPPED = 3  # the exit code of a run stopped by a signal: not finished, resumable (see the README)
+
+
+class Stopped(Stop):
+    """The run stopped on a signal; every rank raises it after the final checkpoint (the line is printed)."""
+
+    def __init__(self):
+        super().__init__(None, EXIT_STOPPED)
+
+
+class Signals(Observer):
+    def __init__(self, world):
+        self.world = world
+        self.pending = None  # the first signal this rank received (a name), not yet voted on
+        self.stopped = None  # (signal name, ranks that received one) once the ranks agreed to stop
+        self.previous = {}
+
+    def install(self):
+        """Take over the signals (until ``restore``); a signal from now on is voted on at the next step."""
+        for s in SIGNALS:
+            self.previous[s] = signal.signal(s, self._handle)
+
+    def restore(self):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+        self.previous = {}
+
+    def _handle(self, signum, frame):
+        name = signal.Signals(signum).name
+        if self.pending is None and self.stopped is None:
+            self.pending = name
+            return
+        print(f"distnet: {name} again: stopping at once, without a checkpoint", file=sys.stderr, flush=True)
+        self.world.abort(128 + signum)
+
+    def on_batch(self, run, x, y):
+        run.stop_vote = 0.0 if self.pending is None else 1.0
+
+    def on_step(self, run, stats):
+        if not stats.stop_votes:
+            return
+        names = self.world.allgather(self.pending)
+        ranks = [r for r, name in enumerate(names) if name]
+        self.stopped = (names[ranks[0]], ranks)
+        run.stop = f"stopped by {self.stopped[0]}"
+
+    def message(self, run, checkpoint):
+        """The one line said when the run stopped: where, what was saved, how to go on."""
+        name, ranks = self.stopped
+        where = f" on rank {ranks[0]}" if run.world.size > 1 and len(ranks) < run.world.size else ""
+        saved = f"checkpoint {checkpoint}; continue with --resume" if checkpoint else \
+            "nothing was saved (no checkpoint folder: pass --checkpoint-dir DIR to keep such a run)"
+        return (f"distnet: stopped by {name}{where} at step {run.pos.global_step} (epoch {epoch_label(run)}); "
+                f"{saved}")
