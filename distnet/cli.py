@@ -15,6 +15,7 @@ COMMANDS = {
     "bench": ("distnet.bench", "benchmarks: step, compute, allreduce, train, data"),
     "noise": ("distnet.train.noisecli", "how a minibatch gradient's error falls with the batch size (sigma/sqrt(m))"),
     "plot": ("distnet.plot.cli", "figures (PNG): learning curves of runs, decision regions"),
+    "run": ("distnet.supervise", "start a training job and restart it from its checkpoint when it fails"),
 }
 
 
