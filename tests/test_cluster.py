@@ -414,16 +414,39 @@ def test_scancel_ends_every_rank_on_every_node(slurm, spirals_data, tmp_path):
     metrics_file = tmp_path / f"{job}.jsonl"
     wait_until("the job's first steps", lambda: train_lines(metrics_file) >= 5, 60)
     assert len(python_processes_with(str(metrics_file))) == 2  # a rank on each node
-    # the time-limit warning (--signal=B:USR1@120), sent by hand: the batch script passes it on to srun
-    r = on("h1", ["scancel", "--batch", "--signal=USR1", job], env=slurm)
-    assert r.returncode == 0, r.stderr
-    out = tmp_path / f"{job}.out"
-    wait_until("the batch script's note of SIGUSR1", lambda: "SIGUSR1" in out.read_text(), 30)
     r = on("h1", ["scancel", job], env=slurm)
     assert r.returncode == 0, r.stderr
     wait_until("every rank gone after scancel", lambda: not python_processes_with(str(metrics_file)), 30)
     wait_until("the job cancelled", lambda: "JobState=CANCELLED" in on(
         "h1", ["scontrol", "-o", "show", "job", job], env=slurm).stdout, 30)
+
+
+def test_the_time_limit_warning_stops_with_a_checkpoint_and_the_requeued_job_finishes_alike(
+        slurm, reference, spirals_data, tmp_path):
+    # rank 0 pauses before step 10 (DISTNET_FAULT=sleep), so that the warning lands in a running job
+    cmd, env = sbatch(slurm, tmp_path, [*TRAIN, "--data", spirals_data], "--parsable", "--requeue",
+                      "--open-mode=append", env={"DISTNET_FAULT": "sleep@0:10", "DISTNET_REQUEUE_ON_TIMEOUT": "1"})
+    r = on("h1", cmd, env=env)
+    assert r.returncode == 0, r.stderr
+    job = r.stdout.strip().split(";")[0]
+    wait_until("the job's first steps", lambda: train_lines(tmp_path / f"{job}.jsonl") >= 9, 60)
+    # the time-limit warning (--signal=B:USR1@120), sent by hand: the batch script passes it on to srun
+    r = on("h1", ["scancel", "--batch", "--signal=USR1", job], env=slurm)
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / f"{job}.out"
+    wait_until("the ranks' graceful stop", lambda: "distnet: stopped by SIGUSR1" in out.read_text(), 60)
+    wait_until("the job back in the queue", lambda: "JobState=PENDING" in on(
+        "h1", ["scontrol", "-o", "show", "job", job], env=slurm).stdout, 30)
+    stop = [m for m in metrics(tmp_path / f"{job}.jsonl") if m["event"] == "stop"]
+    assert len(stop) == 1 and stop[0]["signal"] == "SIGUSR1" and stop[0]["ranks"] == [0, 1], stop
+    assert (tmp_path / job / f"ckpt-{stop[0]['step']:09d}.h5").exists()
+    r = on("h1", ["scontrol", "update", f"JobId={job}", "StartTime=now"], env=slurm)
+    assert r.returncode == 0, r.stderr
+    wait_until("the requeued job's end", lambda: "JobState=COMPLETED" in on(
+        "h1", ["scontrol", "-o", "show", "job", job], env=slurm).stdout, 120)
+    text = out.read_text()
+    assert "requeueing job" in text and "resuming from the newest checkpoint" in text, text
+    assert summary(metrics(tmp_path / f"{job}.jsonl"))["param_hash"] == summary(reference)["param_hash"]
 
 
 def test_a_requeued_job_resumes_from_its_checkpoint(slurm, spirals_data, tmp_path):
