@@ -135,11 +135,9 @@ class Supervisor:
 
 
 def _newest(folder):
-    """The checkpoint a restart resumes from: the newest valid one when the checkpoint module can tell."""
-    if not folder:
-        return None
-    newest = getattr(ckpt, "latest_valid", ckpt.latest)
-    return newest(folder)
+    """The checkpoint a restart resumes from: the newest valid one (a job killed while writing may leave a
+    damaged newest file, which ``--resume`` passes over the same way)."""
+    return ckpt.latest_valid(folder)[0] if folder else None
 
 
 def run(args):

@@ -173,7 +173,7 @@ def test_a_stopped_rank_is_named_and_the_job_ends_after_the_abort_time(tmp_path,
                     pass
         proc.kill()
     assert proc.returncode == 1, err
-    assert abort <= took < abort + 30
+    assert abort - 2 < took < abort + 30  # the waiter may have been waiting already when the rank stopped
     warning = [line for line in err.splitlines() if line.startswith("distnet: warning: stall:")]
     error = [line for line in err.splitlines() if line.startswith("distnet: error: stall:")]
     assert len(warning) == 1 and len(error) == 1, err
