@@ -38,7 +38,9 @@ SCHEMA = {
     },
     "train": {
         "epochs": (int, 1),
-        "batch_size": (int, 128),       # the GLOBAL batch
+        "batch_size": ((int, str), 128),  # the GLOBAL batch, or "auto": grown toward the noise scale
+        "batch_min": (int, 128),        # "auto": the first epoch's global batch
+        "batch_max": (int, 8192),       # "auto": the largest global batch
         "accumulate": (int, 1),         # micro-steps per step (gradient accumulation)
         "seed": (int, 0),
         "loss": (str, "softmax_cross_entropy"),
@@ -274,8 +276,19 @@ def validate(cfg, label="config"):
     if not cfg["model"]["layers"]:
         raise ConfigError(f"{label}: model.layers is empty: list the layers, e.g. "
                           "[[model.layers]] type = \"dense\" out_features = 10")
+    bs = cfg["train"]["batch_size"]
+    if isinstance(bs, str) and bs != "auto":
+        raise ConfigError(f"config key train.batch_size must be a number of samples or \"auto\", got {bs!r}")
+    if bs == "auto" and not 1 <= cfg["train"]["batch_min"] <= cfg["train"]["batch_max"]:
+        raise ConfigError(f"train.batch_size = \"auto\" needs 1 <= train.batch_min <= train.batch_max, got "
+                          f"{cfg['train']['batch_min']} and {cfg['train']['batch_max']}")
+    if bs == "auto" and cfg["train"]["noise_every"] < 1:
+        raise ConfigError("train.batch_size = \"auto\" grows the batch toward the gradient noise scale: set "
+                          "train.noise_every >= 1 (it is 0, off)")
     for section, key, low in (("train", "epochs", 1), ("train", "batch_size", 1), ("train", "accumulate", 1),
                               ("train", "eval_batch_size", 1), ("checkpoint", "keep", 1)):
+        if key == "batch_size" and bs == "auto":
+            continue
         if cfg[section][key] < low:
             raise ConfigError(f"config key {section}.{key} must be >= {low}, got {cfg[section][key]}")
     if not 0 <= cfg["data"]["val_fraction"] < 1:

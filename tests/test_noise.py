@@ -26,6 +26,7 @@ import pytest
 
 from distnet import build
 from distnet import config as C
+from distnet.checkpoint import latest
 from distnet.data import BatchReader, open_dataset
 from distnet.train.noise import NoiseScale
 
@@ -172,3 +173,41 @@ def test_batch_size_lists_continue_geometrically():
     assert parse_sizes("8,16,...,128") == [8, 16, 32, 64, 128]
     assert parse_sizes("10,30,...,100") == [10, 30, 90, 100]
     assert parse_sizes("1, 2, 3") == [1, 2, 3]
+
+
+def _lines(path, event):
+    return [json.loads(line) for line in open(path) if f'"{event}"' in line]
+
+
+def test_auto_batch_grows_toward_the_noise_scale_and_resumes_bitwise(tmp_path, spirals_data):
+    """batch_size = "auto" on 2 ranks: the batch grows at epoch ends to the measured noise scale (a multiple
+    of 2, non-decreasing, with sqrt lr scaling), and runs stopped in the middle of a later epoch, or killed
+    (no checkpoint at the end) a few steps after a growth so that the newest checkpoint is the epoch end's,
+    resume to the uninterrupted run's parameters, bit for bit."""
+    common = ["train", "spirals-mlp", "--data", spirals_data, "--quiet", "--batch-size", "auto", "--epochs", 4,
+              "--set", "train.batch_min=16", "--set", 'optimizer.lr_scaling="sqrt"', "--set", "train.log_every=10"]
+    full = run_distnet(common + ["--metrics", tmp_path / "full.jsonl"], n=2, timeout=180)
+    assert full.returncode == 0, full.stderr
+    grown = _lines(tmp_path / "full.jsonl", "batch")
+    assert len(grown) >= 2 and grown[0]["previous"] == 16, grown
+    sizes = [16] + [g["global_batch"] for g in grown]
+    assert sizes == sorted(set(sizes)) and all(b % 2 == 0 for b in sizes)
+    assert all(abs(g["global_batch"] - g["noise_scale"]) <= 2 for g in grown if g["global_batch"] < 8192)
+    trains = _lines(tmp_path / "full.jsonl", "train")
+    assert {m["global_batch"] for m in trains} == set(sizes)
+    want = _lines(tmp_path / "full.jsonl", "summary")[0]["param_hash"]
+    for how, stop in (("crash", grown[0]["step"] + 3), ("stop", grown[1]["step"] + 3)):
+        ck = tmp_path / f"{how}{stop}"
+        if how == "crash":
+            first = run_distnet(common + ["--checkpoint-dir", ck], n=2, timeout=180,
+                                env={"DISTNET_FAULT": f"crash@1:{stop}"})
+            assert first.returncode != 0
+            assert latest(ck).name == f"ckpt-{grown[0]['step']:09d}.h5"  # the epoch end's, after the growth
+        else:
+            first = run_distnet(common + ["--checkpoint-dir", ck, "--set", f"train.max_steps={stop}"], n=2,
+                                timeout=180)
+            assert first.returncode == 0, first.stderr
+        rest = run_distnet(common + ["--checkpoint-dir", ck, "--resume", "--metrics", ck / "m.jsonl"], n=2,
+                           timeout=180)
+        assert rest.returncode == 0, rest.stderr
+        assert _lines(ck / "m.jsonl", "summary")[0]["param_hash"] == want, stop

@@ -128,6 +128,8 @@ def run(args):
     threads = set_blas_threads(1)
     try:
         cfg = load_config(args)  # every rank parses the same file: all fail alike
+        if cfg["train"]["batch_size"] == "auto":
+            raise UserError("bench train measures a fixed global batch: pass --batch-size B")
     except UserError as e:
         if w.rank == 0:
             print(f"distnet: error: {e}", file=sys.stderr, flush=True)

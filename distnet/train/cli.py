@@ -1,5 +1,6 @@
 """``distnet train CONFIG_OR_PRESET [options]``: the same command alone, under mpiexec, mpirun or srun."""
 
+import argparse
 import sys
 
 from .. import blas, comm
@@ -12,7 +13,8 @@ def add_arguments(p):
                    help=f"a TOML config file or a preset: {', '.join(C.preset_names())}")
     p.add_argument("--data", metavar="DIR", help="prepared dataset folder (default: data.path, else data/NAME)")
     p.add_argument("--epochs", type=int, help="train.epochs")
-    p.add_argument("--batch-size", type=int, help="train.batch_size: the GLOBAL batch over all ranks")
+    p.add_argument("--batch-size", type=_batch_size, metavar="B|auto",
+                   help="train.batch_size: the GLOBAL batch over all ranks, or auto (grown toward the noise scale)")
     p.add_argument("--lr", type=float, help="optimizer.lr")
     p.add_argument("--seed", type=int, help="train.seed")
     p.add_argument("--accumulate", type=int, help="train.accumulate: micro-steps per step")
@@ -30,6 +32,15 @@ def add_arguments(p):
                    help="rank 0's progress display (default auto: a bar on a terminal, else lines; under "
                         "mpiexec stderr is a pipe, so ask for the bar here or with DISTNET_PROGRESS=bar)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+
+
+def _batch_size(text):
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of samples or auto") from None
 
 
 # Every flag is a config key: the resolved config (--print-config, the checkpoint's copy) is the whole run.

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from .. import checkpoint as ckpt
 from .. import comm
-from .observers import Checkpoints, EarlyStop, Evaluation, FaultInjector, Log
+from .observers import AutoBatch, Checkpoints, EarlyStop, Evaluation, FaultInjector, Log
 from .observers.signals import Signals, Stopped
 from .profile import StepTimer
 from .run import check_same_data, resume, setup
@@ -81,6 +81,8 @@ def observers_for(run, about=None, signals=None):
              log, Evaluation(run, log)]
     if run.val_split is not None and tc["patience"]:
         chain.append(EarlyStop(run, checkpoints, log))
+    if run.auto:
+        chain.append(AutoBatch(run, log))  # before checkpoints: an epoch-end checkpoint holds the new batch
     return chain + [checkpoints]
 
 

@@ -108,6 +108,13 @@ class Progress:
             print(f"  step {self.done}/{self.total} ({100 * self.done / max(self.total, 1):.0f}%) {stats}{eta}",
                   flush=True)
 
+    def set_total(self, total_steps):
+        """The run's length changed (a growing batch takes fewer steps)."""
+        if total_steps != self.total:
+            self.total = total_steps
+            if self.bar is not None:
+                self.bar.total = total_steps
+
     def line(self, text):
         """A message that stays (epoch results): above the bar, or on stdout without one."""
         if self.mode == "none":

@@ -57,6 +57,8 @@ class Run:
     pos: Position = field(default_factory=Position)
     accum: np.ndarray = None  # the earlier micro-steps' gradient sum (accumulation only)
     noise: object = None  # the gradient noise scale estimator (``train.noise_every``), None when off
+    global_batch: int = 0  # the global batch now (``train.batch_size``, or where "auto" has grown it)
+    start_batch: int = 0  # the first epoch's global batch ("auto": the schedule's and lr scaling's reference)
     draws: bool = False  # some layer draws random numbers in training (it overrides Layer.reseed)
     samples: int = 0  # global samples trained by this process (a resumed run counts from its start)
     stop: str = ""  # why the loop should end before its epochs are done ("" = go on)
@@ -80,7 +82,36 @@ class Run:
 
     @property
     def batch(self):
-        return self.cfg["train"]["batch_size"]
+        return self.global_batch
+
+    @property
+    def auto(self):
+        """Whether the global batch grows during training (``train.batch_size = "auto"``)."""
+        return self.cfg["train"]["batch_size"] == "auto"
+
+    def set_batch(self, batch):
+        """Change the global batch at an epoch boundary (or to a checkpoint's): the sampler cuts each epoch's
+        order, which depends on (seed, epoch) only, into batches of the new size from the next epoch on."""
+        from ..data import Sampler
+
+        s = self.sampler
+        self.sampler = Sampler(s.num_samples, batch, s.rank, s.world_size, s.seed, s.drop_last)
+        self.global_batch, self.steps_per_epoch = batch, self.sampler.steps_per_epoch
+        pos = self.pos
+        self.total_steps = pos.global_step - pos.step_in_epoch + (self.epochs - pos.epoch) * self.steps_per_epoch
+
+    def lr(self, step):
+        """The learning rate of global step STEP (the current one). With a growing batch the schedule runs
+        on epochs (in steps of the first batch), and the configured rule (``optimizer.lr_scaling``) scales
+        it from the first batch to the current one."""
+        if not self.auto:
+            return self.schedule(step)
+        oc, pos = self.cfg["optimizer"], self.pos
+        first_spe = self.sampler.num_samples // self.start_batch
+        clock = (pos.epoch + pos.step_in_epoch / self.steps_per_epoch) * first_spe
+        factor = scale_lr(1.0, oc["base_batch"], self.batch, oc["lr_scaling"]) / \
+            scale_lr(1.0, oc["base_batch"], self.start_batch, oc["lr_scaling"])
+        return self.schedule(clock) * factor
 
     @property
     def epochs(self):
@@ -132,6 +163,8 @@ def setup(cfg, w):
 
     tc, oc = cfg["train"], cfg["optimizer"]
     B, k, p = tc["batch_size"], tc["accumulate"], w.size
+    if B == "auto":  # the smallest multiple of ranks x micro-steps at or above batch_min
+        B = -(-tc["batch_min"] // (p * k)) * p * k
     if tc["noise_every"] < 0:
         raise ConfigError(f"train.noise_every = {tc['noise_every']}: use a step count >= 1, or 0 for no noise scale")
     if not 0 <= tc["noise_decay"] < 1:
@@ -172,7 +205,7 @@ def setup(cfg, w):
                total_steps=total_steps, accum=np.zeros_like(model.grads_flat) if k > 1 else None,
                draws=any(type(layer).reseed is not Layer.reseed for layer in model.layers),
                noise=NoiseScale(tc["noise_every"], tc["noise_decay"], fallback=p * k == 1)
-               if tc["noise_every"] > 0 else None,
+               if tc["noise_every"] > 0 else None, global_batch=B, start_batch=B,
                data_fingerprint=fingerprint(ds))
 
 
@@ -240,6 +273,12 @@ def resume(run):
         raise UserError(f"--resume: no checkpoint in {folder}: start without --resume")
     meta = ckpt.load_training(path, run.model, run.optimizer, contents)
     run.resumed_from = str(path)
+    q = run.world.size * run.cfg["train"]["accumulate"]
+    if run.auto and int(meta["global_batch"]) % q:
+        raise ConfigError(f"--resume: {path} was grown to global batch {meta['global_batch']}, not a multiple of "
+                          f"ranks x accumulation steps = {q}: resume on a rank count that divides it")
+    if run.auto:
+        run.set_batch(int(meta["global_batch"]))
     if int(meta["global_batch"]) != run.batch:
         raise ConfigError(f"--resume: {path} was trained with global batch {meta['global_batch']}, "
                           f"not {run.batch}: resume with --batch-size {meta['global_batch']}")
@@ -252,4 +291,6 @@ def resume(run):
     if run.noise is not None and isinstance(meta.get("noise"), dict):
         run.noise.load_state(meta["noise"])
     run.pos = Position(**{k: type(v)(meta[k]) for k, v in asdict(Position()).items()})
+    if run.auto:
+        run.set_batch(run.batch)  # the steps left, counted from the restored position
     return path

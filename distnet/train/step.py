@@ -81,7 +81,7 @@ def step(run, x, y, index):
         noise.update(totals[3] * (B / micro) ** 2 / n, micro, gsq, B)
     elif noise is not None and noise.fallback and (noise.due(t) or noise.keeps(t)):
         noise.update_consecutive(g, B, keep=noise.keeps(t))
-    lr = run.schedule(t)
+    lr = run.lr(t)
     skipped = ""
     if not (math.isfinite(gnorm) and math.isfinite(totals[0])):
         what = "loss" if not math.isfinite(totals[0]) else "gradient"

@@ -11,6 +11,7 @@ training time (evaluation, checkpoints) runs inside ``run.off_clock()``. A new p
 observer (or a new statistic), not an edit of the loop.
 """
 
+from .autobatch import AutoBatch
 from .base import Observer
 from .checkpoints import Checkpoints
 from .early_stop import EarlyStop
@@ -18,4 +19,4 @@ from .evaluation import Evaluation
 from .faults import FaultInjector
 from .log import Log
 
-__all__ = ["Checkpoints", "EarlyStop", "Evaluation", "FaultInjector", "Log", "Observer"]
+__all__ = ["AutoBatch", "Checkpoints", "EarlyStop", "Evaluation", "FaultInjector", "Log", "Observer"]

@@ -71,7 +71,8 @@ class Log(Observer):
         loss, acc = self.w_loss / max(self.w_n, 1), self.w_correct / max(self.w_n, 1)
         extra = self.timer.summary() if self.timer is not None else {}
         self.metrics.write("train", gs, epoch=epoch_label(run), loss=loss, accuracy=acc, lr=stats.lr,
-                           samples_per_s=sps, grad_norm=stats.grad_norm, **stats.sync, **stats.noise, **extra)
+                           samples_per_s=sps, global_batch=run.batch, grad_norm=stats.grad_norm, **stats.sync, **stats.noise, **extra)
+        self.progress.set_total(run.total_steps)  # a growing batch ("auto") takes fewer steps
         shown = {"noise": round(stats.noise["noise_scale"])} if stats.noise.get("noise_scale") is not None else {}
         self.progress.update(self.w_steps, loss=loss, acc=acc, sps=round(sps), **shown)
         self._new_window()
