@@ -144,3 +144,13 @@ def test_a_full_disk_stops_the_run_and_keeps_the_previous_checkpoint(tmp_path, s
     assert f"{first} is intact" in errors[0] and "--resume" in errors[0]
     assert sorted(p.name for p in ck.iterdir()) == [first.name]  # no temporary file left behind
     assert ckpt.latest_valid(ck) == (first, [])
+
+
+def test_a_full_disk_under_the_metrics_file_is_one_line_and_exit_2(tmp_path, spirals_data, tmpfs):
+    folder = tmpfs("8k")
+    r = run_distnet(["train", "spirals-mlp", "--data", spirals_data, "--metrics", folder / "m.jsonl", "--quiet",
+                     "--set", "train.log_every=1"], n=2, timeout=120)
+    assert r.returncode == 2, r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("distnet: error:")]
+    assert len(errors) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert f"cannot write metrics file {folder / 'm.jsonl'}: No space left on device" in errors[0]

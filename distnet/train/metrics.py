@@ -13,7 +13,7 @@ class MetricsWriter:
     """JSON lines, one object per event, flushed per line so a crash keeps everything written so far."""
 
     def __init__(self, path, append=False):
-        self.file = None
+        self.file, self.path = None, path
         if path:
             from pathlib import Path
 
@@ -25,8 +25,12 @@ class MetricsWriter:
             return
         record = {"event": event, "step": int(step), "time": round(time.time(), 3)}
         record.update({k: _clean(v) for k, v in fields.items()})
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
+        try:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+        except OSError as e:  # a full disk: the user's to fix, one line, not a traceback
+            raise UserError(f"cannot write metrics file {self.path}: {os.strerror(e.errno) if e.errno else e}: "
+                            "free space there (the lines written so far are kept)") from None
 
     def close(self):
         if self.file is not None:
