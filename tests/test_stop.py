@@ -180,3 +180,13 @@ def test_a_stopped_rank_is_named_and_the_job_ends_after_the_abort_time(tmp_path,
     assert f"(host {os.uname().nodename}, pid {victim}) not responding, last seen at step" in error[0]
     assert "comm.stall_abort_s = 5" in error[0]
     assert "Traceback" not in err
+
+
+def test_a_slow_checkpoint_write_is_not_taken_for_a_stall(tmp_path, spirals_data):
+    # rank 0 spends 3 s off the clock after step 10 (as writing to a slow file system); the watchdog would
+    # abort a step's wait after 2 s, but the others wait for off-clock work outside the step
+    r = run_distnet(["train", "spirals-mlp", "--data", spirals_data, "--quiet", "--set", "train.max_steps=20",
+                     "--set", "comm.stall_warn_s=1", "--set", "comm.stall_abort_s=2"], n=2, timeout=120,
+                    env={"DISTNET_FAULT": "slow-save@0:10"})
+    assert r.returncode == 0, r.stderr
+    assert "stall" not in r.stderr, r.stderr

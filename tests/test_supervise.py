@@ -3,8 +3,10 @@ like an uninterrupted run; user errors are not restarted; a restart may use fewe
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -68,3 +70,23 @@ def test_user_errors_are_not_restarted_and_restarts_run_out(tmp_path, spirals_da
     assert r.returncode not in (0, 2) and "no restarts left (--max-restarts 0)" in r.stderr, r.stderr
     r = supervise(["-n", 2, "--", "eval", "x"], timeout=60)
     assert r.returncode == 2 and "distnet run supervises a training job" in r.stderr
+
+
+def test_a_signal_to_the_supervisor_stops_the_job_gracefully_and_ends_supervision(tmp_path, spirals_data):
+    out = tmp_path / "s"
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", PYTHONUNBUFFERED="1",
+               DISTNET_FAULT="sleep@0:10")  # rank 0 pauses before step 10: the signal lands in a running job
+    proc = subprocess.Popen([sys.executable, "-m", "distnet", "run", "-n", "2", "--", *map(str, job(spirals_data, out))],
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        end = time.monotonic() + 60
+        while not (out / "m.jsonl").exists() or '"step": 5,' not in (out / "m.jsonl").read_text():
+            assert time.monotonic() < end and proc.poll() is None, "the job did not reach step 5"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 3, err
+    assert "distnet: stopped by SIGTERM" in err and "restart" not in err, err
+    assert [m["event"] for m in lines(out / "m.jsonl")][-1] == "stop"

@@ -12,8 +12,8 @@ training step (phase "step") only:
 - after ``abort_s`` (``comm.stall_abort_s``, 0 = never) that rank prints the line again as an error and
   aborts the job (exit 1); the other waiting ranks abort a little later in case it cannot.
 Waits outside the step (setup, evaluation, checkpoints: phases whose length depends on a file system) are not
-bounded: the loop ends such work with a barrier in its own phase, so a rank writing a checkpoint slowly is
-never waited for inside the next step.
+bounded; work one rank does alone there (rank 0 writing a checkpoint) ends in a collective of the observer
+doing it, so a rank writing a checkpoint slowly is never waited for inside the next step.
 """
 
 import sys

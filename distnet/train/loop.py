@@ -23,15 +23,13 @@ from .step import step
 
 
 def tell(run, observers, event, *args):
-    """Tell every observer of an event. Their waits are not the step's (the watchdog leaves them unbounded),
-    and when one worked off the clock (evaluation, a checkpoint: rank 0 may write for long) the ranks meet
-    here, so that no rank waits for that work inside the next step, where waits are bounded."""
-    w, paused = run.world, run.paused_s
-    with w.in_phase("eval/checkpoint"):
+    """Tell every observer of an event. Their waits are not the step's: the watchdog leaves them unbounded,
+    since evaluation and checkpoints take as long as their file system does. (Work that one rank does alone,
+    such as rank 0 writing a checkpoint, ends in a collective inside the observer, so the others wait for it
+    here rather than in the next step.)"""
+    with run.world.in_phase("eval/checkpoint"):
         for o in observers:
             getattr(o, event)(run, *args)
-        if run.paused_s != paused:
-            w.barrier()
 
 
 def loop(run, observers):

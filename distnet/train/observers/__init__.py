@@ -7,8 +7,10 @@ The loop tells every observer, in list order:
   on_epoch_end(run)         after an epoch's last step (``run.pos`` already points at the next epoch)
   on_end(run)               after the last step
 An observer may end the run early by setting ``run.stop`` to a reason. Work that should not count as
-training time (evaluation, checkpoints) runs inside ``run.off_clock()``. A new per-step feature is a new
-observer (or a new statistic), not an edit of the loop.
+training time (evaluation, checkpoints) runs inside ``run.off_clock()``; slow work one rank does alone (rank 0
+writing a file) ends in a collective of the observer (e.g. ``comm.agreed``), so that the others wait for it
+here, where the stall watchdog does not bound waits, rather than in the next step, where it does. A new
+per-step feature is a new observer (or a new statistic), not an edit of the loop.
 """
 
 from .autobatch import AutoBatch

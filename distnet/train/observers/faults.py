@@ -1,8 +1,10 @@
 """Fault injection for testing failure handling: ``DISTNET_FAULT=KIND@RANK:STEP``.
 
 KIND is ``raise`` (an exception on that rank), ``nan`` (non-finite inputs, hence loss, on that rank),
-``crash`` (the process dies without a word, as if killed) or ``sleep`` (the rank pauses ``SLEEP_S`` seconds
-before that step, as a slow node would: the others wait for it in the step). Used by the test suite; harmless
+``crash`` (the process dies without a word, as if killed), ``sleep`` (the rank pauses ``SLEEP_S`` seconds
+before that step, as a slow node would: the others wait for it in the step) or ``slow-save`` (after that step
+every rank goes off the clock, the rank pauses as long, and all meet in a barrier: what ``Checkpoints.save``
+does when rank 0 writes to a slow file system). Used by the test suite; harmless
 when the variable is unset. Under ``distnet run`` a fault fires on the first attempt only
 (``DISTNET_ATTEMPT`` = 0), so that the restarted job can show that it recovers.
 """
@@ -16,7 +18,7 @@ from ...errors import ConfigError
 from .base import Observer
 
 
-KINDS = ("raise", "nan", "crash", "sleep")
+KINDS = ("raise", "nan", "crash", "sleep", "slow-save")
 SLEEP_S = 3.0
 
 
@@ -24,6 +26,7 @@ class FaultInjector(Observer):
     def __init__(self, kind=None, rank=None, step=None, my_rank=0):
         self.kind, self.step = kind, step
         self.armed = kind is not None and rank == my_rank
+        self.saving = kind == "slow-save"  # on every rank
 
     @classmethod
     def from_env(cls, my_rank):
@@ -47,5 +50,12 @@ class FaultInjector(Observer):
             os._exit(9)
         if self.kind == "sleep":
             time.sleep(SLEEP_S)
-            return
-        x[...] = np.nan  # the reader's batch is a fresh array
+        if self.kind == "nan":
+            x[...] = np.nan  # the reader's batch is a fresh array
+
+    def on_step(self, run, stats):
+        if self.saving and stats.step == self.step:
+            with run.off_clock():
+                if self.armed:
+                    time.sleep(SLEEP_S)
+                run.world.barrier()
