@@ -119,13 +119,17 @@ def factory_kwargs(cfg, section):
     return {k: v for k, v in cfg[section].items() if k not in TRAINER_KEYS[section]}
 
 
-def optimizer(cfg, model, lr):
+def optimizer(cfg, model, lr, sync=None):
     """The optimizer ``[optimizer]`` configures, over ``model``'s parameter arena, starting at learning rate ``lr``
-    (``optimizer.lr`` after batch-size scaling); weight decay only where ``model.decay_mask`` is True."""
+    (``optimizer.lr`` after batch-size scaling); weight decay only where ``model.decay_mask`` is True. With a
+    gradient-sync strategy ``sync``, over what that strategy says this rank updates (its shard under ZeRO)."""
     from .optim import make_optimizer
 
-    return make_optimizer(cfg["optimizer"]["name"], model.params_flat, model.grads_flat,
-                          decay_mask=model.decay_mask, lr=lr, **factory_kwargs(cfg, "optimizer"))
+    def make(params, grads, decay_mask):
+        return make_optimizer(cfg["optimizer"]["name"], params, grads, decay_mask=decay_mask, lr=lr,
+                              **factory_kwargs(cfg, "optimizer"))
+
+    return make(model.params_flat, model.grads_flat, model.decay_mask) if sync is None else sync.optimizer(make)
 
 
 def schedule(cfg, lr0, total_steps):

@@ -193,11 +193,11 @@ def read_model_arrays(path, model, contents=None):
             buf[...] = arrays[name]
 
 
-def save_training(path, model, optimizer, meta):
-    """Write a full training checkpoint (model, optimizer state, position, config) atomically."""
+def save_training(path, model, optimizer_state, meta):
+    """Write a full training checkpoint (model, the optimizer's ``state_dict()``, position, config) atomically."""
     arrays = {f"model/{k}": v for k, v in model.state_arrays().items()}
     scalars = {}
-    for key, value in optimizer.state_dict().items():
+    for key, value in optimizer_state.items():
         if isinstance(value, np.ndarray):
             arrays[f"optimizer/{key}"] = value
         else:

@@ -81,6 +81,9 @@ SCHEMA = {
     },
     "comm": {
         "sync": (str, "bucketed"),      # gradient-sync strategy: bucketed (overlapped) | flat (one allreduce)
+                                        # | zero (optimizer state sharded over the ranks) | fp16 | bf16
+                                        # (16-bit gradients on the wire)
+        "error_feedback": (bool, True),  # fp16/bf16: carry what compression dropped to the next step
         "bucket_mb": (NUM, 1.0),        # gradient bucket size
         "overlap": (bool, True),        # start each bucket's allreduce during backward
         "split_mb": (NUM, 0.25),        # send the first layer's dW in row blocks of this size (0 = whole)
@@ -298,7 +301,7 @@ def validate(cfg, label="config"):
     choices = {("data", "reader"): ("auto", "memory", "stream"), ("train", "nonfinite"): ("stop", "skip"),
                ("model", "dtype"): ("float32", "float64"), ("optimizer", "lr_scaling"): ("none", "linear", "sqrt"),
                ("train", "loss"): tuple(LOSSES), ("log", "progress"): PROGRESS,
-               ("comm", "sync"): ("bucketed", "flat")}
+               ("comm", "sync"): ("bucketed", "flat", "zero", "fp16", "bf16")}
     for (section, key), allowed in choices.items():
         if cfg[section][key] not in allowed:
             raise ConfigError(f"config key {section}.{key} must be one of {', '.join(allowed)}, "

@@ -256,13 +256,14 @@ class AdamW(Adam):
         super()._update(g, lr)
 
 
-def clip_grad_norm(grads, max_norm):
+def clip_grad_norm(grads, max_norm, norm=None):
     """Scale ``grads`` in place to global L2 norm ``max_norm`` if it is above; return the norm before.
 
-    A non-finite norm leaves ``grads`` as they are (scaling would turn them all into NaN); the caller's
-    NaN check sees the returned norm.
+    ``norm``: the global norm when ``grads`` is only a part of the gradient (a sharded optimizer's shard);
+    None computes it from ``grads``. A non-finite norm leaves ``grads`` as they are (scaling would turn them
+    all into NaN); the caller's NaN check sees the returned norm.
     """
-    norm = float(np.sqrt(np.dot(grads, grads)))
+    norm = float(np.sqrt(np.dot(grads, grads))) if norm is None else norm
     if math.isfinite(norm) and norm > max_norm:
         grads *= max_norm / norm
     return norm

@@ -198,10 +198,11 @@ def setup(cfg, w):
                          prefetch=cfg["data"]["prefetch"])
     total_steps = tc["epochs"] * sampler.steps_per_epoch
     lr0 = scale_lr(oc["lr"], oc["base_batch"], B, oc["lr_scaling"])
+    sync = comm.sync.make(w, model, cfg["comm"])
     return Run(world=w, cfg=cfg, data_dir=data_dir, dataset=ds, train_split=train_split, val_split=val_split,
                sampler=sampler, reader=reader, model=model, loss=build.loss(cfg),
-               optimizer=build.optimizer(cfg, model, lr0), schedule=build.schedule(cfg, lr0, total_steps),
-               sync=comm.sync.make(w, model, cfg["comm"]), steps_per_epoch=sampler.steps_per_epoch,
+               optimizer=build.optimizer(cfg, model, lr0, sync), schedule=build.schedule(cfg, lr0, total_steps),
+               sync=sync, steps_per_epoch=sampler.steps_per_epoch,
                total_steps=total_steps, accum=np.zeros_like(model.grads_flat) if k > 1 else None,
                draws=any(type(layer).reseed is not Layer.reseed for layer in model.layers),
                noise=NoiseScale(tc["noise_every"], tc["noise_decay"], fallback=p * k == 1)

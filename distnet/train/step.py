@@ -72,15 +72,15 @@ def step(run, x, y, index):
         mark("backward")
     sync.finish()
     mark("comm")
-    g = model.grads_flat
-    gsq = float(np.dot(g, g))
-    gnorm = math.sqrt(gsq)  # identical on every rank: the gradients are summed
+    g = sync.summed()  # the summed gradient this rank's optimizer reads (its shard under comm.sync = "zero")
+    gsq = sync.global_sq()  # identical on every rank: the gradients are summed
+    gnorm = math.sqrt(gsq)
     if measure:
         # the arena holds a micro-batch's gradient scaled by micro/B: its mean gradient is the arena x B/micro
         n = run.world.size * k
         noise.update(totals[3] * (B / micro) ** 2 / n, micro, gsq, B)
     elif noise is not None and noise.fallback and (noise.due(t) or noise.keeps(t)):
-        noise.update_consecutive(g, B, keep=noise.keeps(t))
+        noise.update_consecutive(g, B, keep=noise.keeps(t))  # one rank: g is the whole gradient
     lr = run.lr(t)
     skipped = ""
     if not (math.isfinite(gnorm) and math.isfinite(totals[0])):
@@ -93,7 +93,7 @@ def step(run, x, y, index):
         skipped = f"non-finite {what}"
     else:
         if tc["clip_grad_norm"] > 0:
-            clip_grad_norm(g, tc["clip_grad_norm"])
+            clip_grad_norm(sync.summed(), tc["clip_grad_norm"], norm=gnorm)
         run.optimizer.step(lr)
     mark("optimizer")
     return Stats(step=t, loss_sum=float(totals[0]), correct=float(totals[1]), count=float(totals[2]),

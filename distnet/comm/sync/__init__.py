@@ -2,15 +2,24 @@
 
 from .base import Flat, Rows, Sync
 from .bucketed import Bucketed
+from .compressed import Compressed
+from .zero import Zero
 
-STRATEGIES = {"bucketed": Bucketed, "flat": Flat}
+STRATEGIES = {"bucketed": Bucketed, "flat": Flat, "zero": Zero, "fp16": Compressed, "bf16": Compressed}
 
 
 def make(w, model, cc):
     """The strategy the config's ``[comm]`` table names, for ``model`` on world ``w``."""
-    if cc["sync"] == "flat" or not cc["overlap"]:
+    if cc["sync"] == "flat" or (not cc["overlap"] and cc["sync"] == "bucketed"):
         return Flat(w, model)
-    return Bucketed(w, model, bucket_bytes=int(cc["bucket_mb"] * 2 ** 20), split_bytes=int(cc["split_mb"] * 2 ** 20))
+    sizes = dict(bucket_bytes=int(cc["bucket_mb"] * 2 ** 20), split_bytes=int(cc["split_mb"] * 2 ** 20))
+    if w.size == 1:  # nothing is sent: every strategy is the plain step on one rank
+        return Bucketed(w, model, **sizes)
+    if cc["sync"] == "zero":
+        return Zero(w, model, **sizes)
+    if cc["sync"] in ("fp16", "bf16"):
+        return Compressed(w, model, cc["sync"], error_feedback=cc["error_feedback"], **sizes)
+    return Bucketed(w, model, **sizes)
 
 
-__all__ = ["STRATEGIES", "Bucketed", "Flat", "Rows", "Sync", "make"]
+__all__ = ["STRATEGIES", "Bucketed", "Compressed", "Flat", "Rows", "Sync", "Zero", "make"]

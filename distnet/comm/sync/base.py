@@ -11,6 +11,10 @@ A strategy hears four things from a step, and nothing else about training:
   layer_done(i)         layer i's gradients are final
   finish()              every gradient and the stats are summed; returns the seconds spent waiting
 ``measures()`` returns what the strategy measured about the last step (extra step statistics).
+After finish(), the step reads the sum through two more calls: ``summed()`` (the part of the summed gradient
+this rank's optimizer reads: the whole arena unless the optimizer state is sharded) and ``global_sq()``
+(the summed gradient's squared L2 norm, identical on every rank). ``optimizer(make)`` builds the optimizer from
+``make(params, grads, decay_mask)``: over the whole arena, or (ZeRO) over this rank's shard.
 Strategies never touch layers: intra-layer progress arrives through the plan ``rows(i)`` returned.
 
 The local squared norm (the gradient noise scale's small-batch term) must be taken from each part of the
@@ -24,6 +28,8 @@ import time
 import numpy as np
 from collections import namedtuple
 
+import numpy as np
+
 # pieces: [(lo, hi), ...] row ranges of dW in the order to compute them; done(lo, hi) after each
 Rows = namedtuple("Rows", "pieces done")
 
@@ -35,6 +41,7 @@ class Sync:
 
     def __init__(self, w, model):
         self.w = w
+        self.model = model
         self.grads = model.grads_flat
         self.reqs = []
         self.accum = None
@@ -75,6 +82,7 @@ class Sync:
         self._complete()
         self._send_stats()
         self.w.waitall(self.reqs)
+        self._arrived()
         self.reqs = []
         self.accum = None
         self.wait_s = time.perf_counter() - t
@@ -83,8 +91,24 @@ class Sync:
     def _complete(self):
         """What is left to do at finish() before waiting on the requests."""
 
+    def _arrived(self):
+        """What is left to do at finish() once every request is done (decompressing, say)."""
+
     def measures(self):
         return {}
+
+    def summed(self):
+        """The part of the summed gradient this rank's optimizer reads (after finish)."""
+        return self.grads
+
+    def global_sq(self):
+        """The summed gradient's squared L2 norm, the same on every rank (after finish)."""
+        g = self.summed()
+        return float(np.dot(g, g))
+
+    def optimizer(self, make):
+        """The optimizer that ``make(params, grads, decay_mask)`` builds, over the arenas this strategy updates."""
+        return make(self.model.params_flat, self.grads, self.model.decay_mask)
 
 
 class Flat(Sync):

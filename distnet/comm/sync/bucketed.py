@@ -86,10 +86,14 @@ class Bucketed(Sync):
         if self.accum is not None:
             self.grads[sl] += self.accum[sl]
         if self.w.size > 1:
-            self.reqs.append(self.w.iallreduce(self.grads[sl]))
+            self._send(sl)
         self.started += 1
         if self.started == len(self.buckets):
             self._send_stats()
+
+    def _send(self, sl):
+        """Start summing bucket ``sl`` over the ranks."""
+        self.reqs.append(self.w.iallreduce(self.grads[sl]))
 
     def rows(self, i):
         return Rows(self.pieces, self._rows_done) if i == self.split_index else None

@@ -31,14 +31,15 @@ class Checkpoints(Observer):
         with run.off_clock():
             comm.average_buffers(run.world, run.model)
             comm.check_replicas(run.world, run.model, f"at step {run.pos.global_step}")
+            state = run.optimizer.state_dict()  # collective when the state is sharded (comm.sync = "zero")
             with comm.agreed(run.world):  # rank 0 alone may fail; all stop together
                 if run.world.rank == 0:
-                    self._write(run, path, tag)
+                    self._write(run, path, tag, state)
         return path
 
-    def _write(self, run, path, tag):
+    def _write(self, run, path, tag, state):
         try:
-            ckpt.save_training(path, run.model, run.optimizer, run.meta())
+            ckpt.save_training(path, run.model, state, run.meta())
         except ckpt.WriteError as e:
             previous = ckpt.latest(self.dir)
             kept = f"{previous} is intact" if previous is not None else "no earlier checkpoint was written"

@@ -1,0 +1,97 @@
+"""ZeRO-1 (comm.sync = "zero"): bitwise the replicated optimizer's parameters, resumable on any rank count,
+optimizer state per rank / P."""
+
+import textwrap
+
+import h5py
+import numpy as np
+import pytest
+
+from distnet.comm.sync.zero import parts
+
+from .conftest import run_python_mpi
+from .test_train import last_ckpt, metrics, train
+
+pytestmark = pytest.mark.mpi
+
+F64 = ["--batch-size", "96", "--set", "model.dtype=float64"]
+
+
+def state(folder):
+    with h5py.File(last_ckpt(folder), "r") as f:
+        return {k: v[...] for k, v in f["model"].items() if k == "params"} | \
+            {k: v[...] for k, v in f["optimizer"].items()} | dict(f["optimizer"].attrs)
+
+
+def test_parts_are_consecutive_and_uneven():
+    assert parts(7, 3) == [3, 2, 2] and parts(2, 3) == [1, 1, 0] and sum(parts(235146, 3)) == 235146
+
+
+@pytest.mark.parametrize("n,optimizer", [(2, []), (3, []), (3, ["--set", "optimizer.name=momentum",
+                                                                 "--set", "optimizer.weight_decay=0.01"])])
+def test_zero_matches_the_replicated_optimizer_bitwise(tmp_path, spirals_data, n, optimizer):
+    args = ["--epochs", "1", *F64, *optimizer]
+    a, oa = train(tmp_path, "rep", spirals_data, n=n, extra=args)
+    b, ob = train(tmp_path, "zero", spirals_data, n=n, extra=[*args, "--set", "comm.sync=zero"])
+    assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
+    rep, zero = state(oa / "ck"), state(ob / "ck")
+    assert rep.keys() == zero.keys() and len(rep) >= 3  # params, step and the momentum/Adam buffers
+    for key in rep:
+        assert np.array_equal(rep[key], zero[key]), key  # the gathered state is the replicated layout
+    ma, mb = metrics(oa / "m.jsonl"), metrics(ob / "m.jsonl")
+    assert [m["loss"] for m in ma if m["event"] == "train"] == [m["loss"] for m in mb if m["event"] == "train"]
+
+
+def test_zero_with_clipping_follows_the_replicated_run(tmp_path, spirals_data):
+    args = ["--epochs", "1", *F64, "--set", "train.clip_grad_norm=0.05"]
+    a, oa = train(tmp_path, "rep", spirals_data, n=2, extra=args)
+    b, ob = train(tmp_path, "zero", spirals_data, n=2, extra=[*args, "--set", "comm.sync=zero"])
+    assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
+    # the global norm is a sum of shard norms (rounded differently), so equal to rounding, not bitwise
+    np.testing.assert_allclose(state(ob / "ck")["params"], state(oa / "ck")["params"], rtol=1e-9, atol=1e-12)
+    norms = [[m["grad_norm"] for m in metrics(o / "m.jsonl") if m["event"] == "train"] for o in (oa, ob)]
+    assert norms[0] and all(g > 0.05 for g in norms[0][:3])  # the clip was active
+    np.testing.assert_allclose(norms[1], norms[0], rtol=1e-9)
+
+
+def test_resume_a_sharded_run_on_another_rank_count(tmp_path, spirals_data):
+    args = ["--epochs", "2", *F64]
+    ref, o_ref = train(tmp_path, "ref", spirals_data, n=2, extra=[*args, "--set", "comm.sync=zero"])
+    assert ref.returncode == 0, ref.stderr
+    steps = metrics(o_ref / "m.jsonl")[-1]["steps"] // 2
+    r, o = train(tmp_path, "mixed", spirals_data, n=2,
+                 extra=[*args, "--set", "comm.sync=zero", "--set", f"train.max_steps={steps}"])
+    assert r.returncode == 0, r.stderr
+    again, o = train(tmp_path, "mixed", spirals_data, n=3, extra=[*args, "--set", "comm.sync=zero", "--resume"])
+    assert again.returncode == 0, again.stderr
+    resumed, full = state(o / "ck"), state(o_ref / "ck")
+    assert resumed["step"] == full["step"] == 2 * steps
+    for key in ("params", "m", "v"):  # three ranks sum in another order: equal to float64 rounding
+        np.testing.assert_allclose(resumed[key], full[key], rtol=1e-9, atol=1e-15)
+
+
+MEMORY = textwrap.dedent("""
+    import numpy as np
+    from distnet import build, comm, config
+    from distnet.layers import Dense, ReLU
+    from distnet.model import Sequential
+    w = comm.world()
+    model = Sequential([Dense(None, 64), ReLU(), Dense(None, 32), ReLU(), Dense(None, 10)], input_shape=(20,), seed=3)
+    cfg = config.defaults()
+    cfg["optimizer"]["name"] = "adam"
+    cc = dict(cfg["comm"], sync="zero", bucket_mb=1 / 1024, split_mb=1 / 1024)
+    opt = build.optimizer(cfg, model, 0.01, comm.sync.make(w, model, cc))
+    mine = opt.state_bytes()
+    total = sum(w.allgather(mine))
+    full = 2 * model.params_flat.nbytes
+    assert total == full and mine <= full / w.size + 2 * len(opt.parts) * 4, (mine, total, full)
+    if w.rank == 0:
+        print("OK", w.size, len(opt.parts))
+""")
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_optimizer_state_per_rank_is_divided_by_the_rank_count(n):
+    r = run_python_mpi(MEMORY, n=n, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"OK {n}"), r.stdout
