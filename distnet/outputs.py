@@ -65,3 +65,8 @@ def is_metrics(path):
 def is_trace(path):
     """A Chrome trace distnet wrote (``{"traceEvents": ...``)."""
     return _first_line(path, 32).startswith(b'{"traceEvents"')
+
+
+def is_png(path):
+    """A PNG file (figures): replacing one picture with another is what --out asks for."""
+    return _first_line(path, 8).startswith(b"\x89PNG\r\n")

@@ -174,3 +174,17 @@ def test_ranks_that_resume_from_different_checkpoints_stop_with_one_line(tmp_pat
     errors = [line for line in r.stderr.splitlines() if line.startswith("distnet: error:")]
     assert len(errors) == 1 and "the ranks resumed from different checkpoints: rank(s) 1 (" in errors[0], r.stderr
     assert str(ck1 / "ckpt-000000020.h5") in errors[0] and str(ck0 / "ckpt-000000040.h5") in errors[0]
+
+
+def test_a_figure_never_replaces_a_file_that_is_not_a_picture(tmp_path):
+    from distnet import plot
+    from distnet.errors import UserError
+
+    plt = plot.pyplot()
+    fake = tmp_path / "notes.png"
+    fake.write_text("not a picture\n")
+    with pytest.raises(UserError, match="figure .*notes.png exists and distnet did not write it"):
+        plot.save(plt.figure(), fake)
+    assert fake.read_text() == "not a picture\n"
+    out = plot.save(plt.figure(), tmp_path / "a.png")
+    assert plot.save(plt.figure(), out) == out  # a picture is replaced
