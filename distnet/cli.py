@@ -14,6 +14,7 @@ COMMANDS = {
     "data": ("distnet.data.commands", "prepare and inspect datasets"),
     "bench": ("distnet.bench", "benchmarks: step, compute, allreduce, train, data"),
     "noise": ("distnet.train.noisecli", "how a minibatch gradient's error falls with the batch size (sigma/sqrt(m))"),
+    "sweep": ("distnet.sweep.cli", "batch-size scaling sweeps: steps to a target, the critical batch size"),
     "plot": ("distnet.plot.cli", "figures (PNG): learning curves of runs, decision regions"),
     "run": ("distnet.supervise", "start a training job and restart it from its checkpoint when it fails"),
 }

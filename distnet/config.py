@@ -45,7 +45,9 @@ SCHEMA = {
         "seed": (int, 0),
         "loss": (str, "softmax_cross_entropy"),
         "clip_grad_norm": (NUM, 0.0),   # 0 = off
-        "eval_every": (int, 0),         # steps; 0 = at epoch ends only
+        "eval_every": (int, 0),         # steps; 0 = at epoch ends only (with eval_growth: the smallest gap)
+        "eval_growth": (NUM, 0.0),      # also evaluate once the step count grew by this fraction (0 = off)
+        "target": (str, ""),            # "accuracy=0.88" or "loss=0.3": stop once evaluation reaches it
         "eval_batch_size": (int, 256),  # per rank; larger batches cost memory (a CNN's activations) for no speed
         "patience": (int, 0),           # early stopping on validation accuracy; 0 = off
         "nonfinite": (str, "stop"),     # stop | skip (skip the step, stop after max_skips)
@@ -274,6 +276,31 @@ def data_path(cfg):
     raise ConfigError("no dataset given: pass --data DIR or set data.path in the config")
 
 
+TARGET_METRICS = {"accuracy": 1, "loss": -1}  # metric -> direction: reached at or above (1), at or below (-1)
+
+
+def parse_target(text, what="target"):
+    """``"accuracy=0.88"`` -> ("accuracy", 0.88); "" -> None. A bad one is a ConfigError naming ``what``."""
+    if not text:
+        return None
+    metric, _, value = text.partition("=")
+    try:
+        value = float(value)
+    except ValueError:
+        value = None
+    if metric.strip() not in TARGET_METRICS or value is None:
+        raise ConfigError(f"{what} {text!r}: expected METRIC=VALUE with METRIC "
+                          f"{' or '.join(TARGET_METRICS)}, e.g. accuracy=0.88")
+    return metric.strip(), value
+
+
+def target_reached(target, loss, accuracy):
+    """Whether an evaluation's (loss, accuracy) reaches ``target`` (a ``parse_target`` pair)."""
+    metric, value = target
+    got = accuracy if metric == "accuracy" else loss
+    return got >= value if TARGET_METRICS[metric] > 0 else got <= value
+
+
 def validate(cfg, label="config"):
     """Checks that span keys or need ranges."""
     if not cfg["model"]["layers"]:
@@ -294,6 +321,9 @@ def validate(cfg, label="config"):
             continue
         if cfg[section][key] < low:
             raise ConfigError(f"config key {section}.{key} must be >= {low}, got {cfg[section][key]}")
+    if cfg["train"]["eval_growth"] < 0:
+        raise ConfigError(f"config key train.eval_growth must be >= 0, got {cfg['train']['eval_growth']}")
+    parse_target(cfg["train"]["target"], "config key train.target")
     if not 0 <= cfg["data"]["val_fraction"] < 1:
         raise ConfigError(f"config key data.val_fraction must be in [0, 1), got {cfg['data']['val_fraction']}")
     from .losses import LOSSES

@@ -11,7 +11,11 @@ def add_arguments(p):
     p.add_argument("runs", nargs="*", metavar="RUN.jsonl", help="metrics files written by distnet train --metrics")
     p.add_argument("--boundary", metavar="CHECKPOINT", help="plot the decision regions of this checkpoint")
     p.add_argument("--data", metavar="DIR", help="with --boundary: the 2-D dataset (default: the run's)")
-    p.add_argument("--out", metavar="FILE.png", help="where to write the figure")
+    p.add_argument("--out", metavar="FILE.png",
+                   help="where to write the figure (default: the first metrics file's name with .png; with "
+                        "--boundary, boundary.png beside the checkpoint)")
+    p.add_argument("--x", choices=["steps", "samples", "time"], default="steps",
+                   help="learning curves against steps, training samples or running time (default steps)")
 
 
 def run(args):

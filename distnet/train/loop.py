@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from .. import checkpoint as ckpt
 from .. import comm
-from .observers import AutoBatch, Checkpoints, EarlyStop, Evaluation, FaultInjector, Log
+from .observers import AutoBatch, Checkpoints, EarlyStop, Evaluation, FaultInjector, Log, Target
 from .observers.signals import Signals, Stopped
 from .profile import StepTimer
 from .run import check_same_data, resume, setup
@@ -77,6 +77,8 @@ def observers_for(run, about=None, signals=None):
     checkpoints = Checkpoints(run)
     chain = [FaultInjector.from_env(run.world.rank), *([signals] if signals else []), *([timer] if timer else []),
              log, Evaluation(run, log)]
+    if tc["target"]:
+        chain.append(Target(run, log))
     if run.val_split is not None and tc["patience"]:
         chain.append(EarlyStop(run, checkpoints, log))
     if run.auto:
@@ -130,8 +132,8 @@ def _train(w, cfg, blas_threads, observers, signals):
     best = run.pos.best_metric if run.pos.best_metric >= 0 else None  # None: no evaluation ran
     summary = dict(wall_s=time.perf_counter() - t_start, samples=run.samples, best_accuracy=best, ranks=w.size,
                    global_batch=run.batch, epochs=run.pos.epoch, steps=run.pos.global_step,
-                   early_stopped=run.stop == "early stop", param_hash=run.model.param_hash()[:16],
-                   last_accuracy=run.last_eval)
+                   early_stopped=run.stop == "early stop", target_reached=run.stop == "target",
+                   param_hash=run.model.param_hash()[:16], last_accuracy=run.last_eval)
     timer = next((o for o in observers if isinstance(o, StepTimer)), None)
     timings = None
     if timer is not None:

@@ -38,6 +38,42 @@ class MetricsWriter:
             self.file = None
 
 
+def read_records(path):
+    """A metrics file's lines as one run. A resumed run appends a ``start`` line at its checkpoint's step; the
+    lines the interrupted run wrote after that step (redone since) are dropped, and so are lines cut short
+    by a kill. Returns (records, segments): the (start time, last kept time) of each run that wrote lines."""
+    records, segments = [], []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for text in f:
+            try:
+                rec = json.loads(text)
+            except ValueError:
+                continue
+            if not isinstance(rec, dict) or "event" not in rec or "step" not in rec:
+                continue
+            if rec["event"] == "start":
+                records = [r for r in records if r["step"] <= rec["step"]]
+                if segments:  # the interrupted run's useful time ends at its last line kept
+                    a = segments[-1][0]
+                    segments[-1][1] = max([a, *(r["time"] for r in records if r.get("time", a) >= a)])
+                segments.append([rec.get("time", 0.0), rec.get("time", 0.0)])
+            records.append(rec)
+            if segments and "time" in rec:
+                segments[-1][1] = rec["time"]
+    return records, [tuple(s) for s in segments]
+
+
+def elapsed(records, segments):
+    """Each record's running time in seconds since the run began, restarts' lost time left out."""
+    out, before, i = [], 0.0, 0
+    for rec in records:
+        while i + 1 < len(segments) and rec.get("time", 0) >= segments[i + 1][0]:
+            before += segments[i][1] - segments[i][0]
+            i += 1
+        out.append(before + rec.get("time", segments[i][0] if segments else 0) - (segments[i][0] if segments else 0))
+    return out
+
+
 def train_windows(records, warmup=0, batch=None):
     """The windows of "train" metric lines that measure training alone, as (first step, steps, seconds):
     each line covers the steps after the previous train line up to its own; left out are windows that

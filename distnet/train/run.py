@@ -64,6 +64,7 @@ class Run:
     stop: str = ""  # why the loop should end before its epochs are done ("" = go on)
     stop_vote: float = 0.0  # 1: this rank asks all to stop at this step (a signal); summed with the step's stats
     last_eval: float = None  # the latest evaluation's accuracy (validation, else test)
+    last_results: dict = None  # the latest evaluation: {"step": s, split: {"loss": l, "accuracy": a}}
     mark: object = _no_clock  # a step timer's phase clock (a function of the phase name), when one listens
     paused_s: float = 0.0  # seconds spent off the clock (evaluation, checkpoints) so far
     skipped_checkpoints: list = field(default_factory=list)  # damaged newer checkpoints that resume passed over

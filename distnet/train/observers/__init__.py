@@ -20,5 +20,6 @@ from .early_stop import EarlyStop
 from .evaluation import Evaluation
 from .faults import FaultInjector
 from .log import Log
+from .target import Target
 
-__all__ = ["AutoBatch", "Checkpoints", "EarlyStop", "Evaluation", "FaultInjector", "Log", "Observer"]
+__all__ = ["AutoBatch", "Checkpoints", "EarlyStop", "Evaluation", "FaultInjector", "Log", "Observer", "Target"]

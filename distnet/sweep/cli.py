@@ -1,0 +1,176 @@
+"""``distnet sweep CONFIG_OR_PRESET --batch-sizes 32,64,...,8192 --target accuracy=0.88 --out DIR``.
+
+Runs every point (batch size x learning-rate multiplier x seed) as its own ``distnet train`` and writes
+``DIR/results.csv``, ``DIR/report.md`` and the figures. Run it again after an interruption: finished points
+are kept and an interrupted one resumes from its checkpoint. ``--slurm-array`` writes a job-array script
+instead of running; ``--report DIR`` collects what has run.
+"""
+
+import signal
+import sys
+from pathlib import Path
+
+from .. import config as C
+from ..errors import UserError
+from . import launch, plan as P
+
+
+def add_arguments(p):
+    p.add_argument("config", nargs="?", metavar="CONFIG_OR_PRESET",
+                   help=f"a TOML config file or a preset: {', '.join(C.preset_names())}")
+    p.add_argument("--batch-sizes", metavar="B,B,...",
+                   help="global batch sizes, e.g. 64,256,1024, or a doubling run 32,64,...,8192")
+    p.add_argument("--target", metavar="METRIC=VALUE", help="accuracy=0.88 or loss=0.3: what a point must reach")
+    p.add_argument("--split", choices=["val", "test"], default="val",
+                   help="where the target is measured (default val: 10%% of train is held out if the config "
+                        "holds out nothing)")
+    p.add_argument("--out", metavar="DIR", help="the sweep's folder (points, results.csv, report.md, figures)")
+    p.add_argument("--ranks", type=int, default=1, metavar="P", help="ranks per run (default 1)")
+    p.add_argument("--lr-rule", choices=P.RULES, default="sqrt",
+                   help="learning rate across batch sizes, from the config's lr at its batch size (default sqrt)")
+    p.add_argument("--lr-grid", default="1", metavar="M,M,...",
+                   help="multipliers of the rule's rate tried at every batch size, e.g. 0.5,1,2 (default 1)")
+    p.add_argument("--epochs", type=int, metavar="N", help="cap per point (default: the config's train.epochs)")
+    p.add_argument("--repeats", type=int, default=1, metavar="K", help="seeds per point: train.seed + 0..K-1")
+    p.add_argument("--resolution", type=float, default=0.03, metavar="FRACTION",
+                   help="evaluate as the step count grows by this fraction (default 0.03: steps to target "
+                        "known within 3%%)")
+    p.add_argument("--full-curves", action="store_true",
+                   help="train every point to the cap instead of stopping it at the target")
+    p.add_argument("--data", metavar="DIR", help="prepared dataset folder (data.path)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config key for every point, as in distnet train")
+    p.add_argument("--launcher-prefix", default="", metavar="CMD",
+                   help="put before each point's launcher, e.g. 'flock -x /tmp/distnet-cpu.lock' (one point at a "
+                        "time holds the lock, not the whole sweep)")
+    p.add_argument("--slurm-array", action="store_true",
+                   help="write DIR/sweep.sbatch (one array task per point) instead of running")
+    p.add_argument("--report", metavar="DIR", help="only collect the points of the sweep in DIR and write its report")
+    p.add_argument("--run-point", nargs=2, metavar=("DIR", "INDEX"),
+                   help="run one point of the sweep in DIR (what each task of --slurm-array runs)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar over the points")
+
+
+def run(args):
+    if args.report:
+        _only(args, "--report")
+        return _report(P.load(args.report), args.report)
+    if args.run_point:
+        _only(args, "--run-point")
+        return _run_point(*args.run_point, prefix=args.launcher_prefix)
+    if not args.config or not args.batch_sizes or not args.out:
+        raise UserError("distnet sweep needs CONFIG_OR_PRESET, --batch-sizes and --out (or --report DIR)")
+    plan, folder = _plan(args)
+    if args.slurm_array:
+        path = launch.slurm_array(plan, folder, args.launcher_prefix)
+        print(f"distnet sweep: {len(plan.points)} points; submit with: sbatch {path}\n"
+              f"  then collect with: distnet sweep --report {folder}")
+        return 0
+    return _sweep(plan, folder, args)
+
+
+def _only(args, option):
+    if args.config or args.batch_sizes or args.out:
+        raise UserError(f"{option} reads the settings from the sweep folder: give no config, --batch-sizes or --out")
+
+
+def _plan(args):
+    sets = list(args.set) + ([f'data.path="{args.data}"'] if args.data else [])
+    cfg = C.load(args.config, sets=sets)
+    data = Path(C.data_path(cfg))
+    if not data.exists():
+        raise UserError(f"dataset folder {data} does not exist: run 'distnet data prepare "
+                        f"{cfg['data']['dataset'] or 'NAME'} --out {data}' or pass --data DIR")
+    cfg["data"]["path"] = str(data.resolve())  # the points run inside the sweep folder
+    if args.target is None:
+        raise UserError("distnet sweep needs --target METRIC=VALUE, e.g. --target accuracy=0.88")
+    plan, cfg = P.make(args, cfg)
+    for key in ("metrics", "trace"):
+        cfg["log"][key] = ""
+    cfg["checkpoint"].update(dir="", resume=False)
+    folder = Path(args.out)
+    P.save(folder, plan, cfg)
+    return plan, folder
+
+
+class _Terminated(Exception):
+    pass
+
+
+def _on_term(signum, frame):
+    raise _Terminated()
+
+
+def _sweep(plan, folder, args):
+    from tqdm import tqdm
+
+    from . import report
+
+    signal.signal(signal.SIGTERM, _on_term)  # a batch system's stop: end the running point, keep its checkpoint
+    states = [launch.state(folder, p) for p in plan.points]
+    kept = states.count("done")
+    print(f"distnet sweep: {len(plan.points)} points in {folder} ({kept} done, {states.count('partial')} to resume)",
+          file=sys.stderr, flush=True)
+    failed = []
+    bar = tqdm(total=len(plan.points), initial=kept, unit="point", file=sys.stderr, disable=args.no_progress or None,
+               dynamic_ncols=True)
+    try:
+        for p, st in zip(plan.points, states):
+            if st == "done":
+                continue
+            bar.set_postfix_str(f"{p.name}" + (" (resuming)" if st == "partial" else ""), refresh=True)
+            code = launch.run_point(plan, p, folder, args.launcher_prefix)
+            if code == 2:
+                raise UserError(f"point {p.name} stopped with a user error:\n{launch.last_error(folder, p)}\n"
+                                f"  (its log: {folder / p.name / 'log.txt'})")
+            if code != 0:
+                failed.append(p)
+                bar.write(f"distnet sweep: point {p.name} failed (exit {code}); its log "
+                          f"{folder / p.name / 'log.txt'} ends:\n{launch.last_error(folder, p)}", file=sys.stderr)
+            bar.update(1)
+            report.write(plan, folder, figures=False)  # results.csv grows as points finish
+    except (KeyboardInterrupt, _Terminated):
+        bar.close()
+        report.write(plan, folder, figures=False)
+        print(f"distnet sweep: interrupted; run the same command again to continue (finished points are kept, "
+              f"the interrupted one resumes from its checkpoint)", file=sys.stderr)
+        return 130
+    finally:
+        bar.close()
+    report.write(plan, folder)
+    print(f"distnet sweep: wrote {folder / 'results.csv'} and {folder / 'report.md'}", file=sys.stderr)
+    if failed:
+        print(f"distnet sweep: {len(failed)} point(s) failed: {', '.join(p.name for p in failed)}; run the same "
+              "command again to retry them", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run_point(folder, index, prefix=""):
+    plan = P.load(folder)
+    try:
+        point = plan.points[int(index)]
+    except (ValueError, IndexError):
+        raise UserError(f"--run-point {folder} {index}: the sweep has points 0..{len(plan.points) - 1}") from None
+    if launch.state(folder, point) == "done":
+        print(f"distnet sweep: point {point.name} is done", file=sys.stderr)
+        return 0
+    signal.signal(signal.SIGTERM, _on_term)
+    try:
+        code = launch.run_point(plan, point, folder, prefix)
+    except _Terminated:
+        return 143
+    if code:
+        print(f"distnet sweep: point {point.name} failed (exit {code}):\n{launch.last_error(folder, point)}",
+              file=sys.stderr)
+    return code
+
+
+def _report(plan, folder):
+    from . import report
+
+    rows = report.write(plan, folder)
+    done = sum(r["status"] in ("reached", "not reached") for r in rows)
+    print(f"distnet sweep: {done} of {len(rows)} points done; wrote {Path(folder) / 'results.csv'} and "
+          f"{Path(folder) / 'report.md'}", file=sys.stderr)
+    return 0

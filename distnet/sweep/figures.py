@@ -1,0 +1,164 @@
+"""The sweep's figures (PNG through ``distnet.plot``): steps and samples to target against batch size,
+accuracy and generalization gap against batch size, and every point's learning curve."""
+
+import math
+from pathlib import Path
+
+from ..plot import pyplot, save
+from . import collect
+from .report import FIGURES
+
+
+def draw(plan, folder, rows, per_batch, f, noise):
+    """Draw what the rows allow; returns the file names written."""
+    plt, folder, made = pyplot(), Path(folder), []
+    if per_batch:
+        made.append(_steps(plt, folder, rows, per_batch, f, noise, plan))
+        made.append(_samples(plt, folder, rows, per_batch, f, noise, plan))
+    if any(r["best_val_accuracy"] is not None or r["best_test_accuracy"] is not None for r in rows):
+        made.append(_accuracy(plt, folder, rows, per_batch, plan))
+    made.append(_curves(plt, folder, plan, {r['point'] for r in rows if r.get('best_lr')}))
+    return [m for m in made if m]
+
+
+def _batch_axis(ax, batches):
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(batches)
+    ax.set_xticklabels([str(b) for b in batches], rotation=45 if len(batches) > 6 else 0)
+    ax.minorticks_off()
+    ax.set_xlabel("global batch size")
+    ax.grid(True, which="major", alpha=0.3)
+
+
+def _marks(ax, f, noise):
+    if f is not None and math.isfinite(f.b_crit) and f.b_crit > 0:
+        ax.axvline(f.b_crit, color="C3", ls="--", lw=1, label=f"B_crit (fit) {f.b_crit:,.0f}")
+    if noise:
+        ax.axvline(noise, color="C2", ls=":", lw=1.5, label=f"noise scale (measured) {noise:,.0f}")
+
+
+def _fit_grid(batches):
+    lo, hi = math.log2(min(batches)) - 0.3, math.log2(max(batches)) + 0.3
+    return [2 ** (lo + (hi - lo) * i / 100) for i in range(101)]
+
+
+def _steps(plt, folder, rows, per_batch, f, noise, plan):
+    fig, ax = plt.subplots(figsize=(7, 4.8))
+    batches = sorted({r["batch"] for r in rows})
+    others = [r for r in rows if r["status"] == "reached" and not r.get("best_lr")]
+    if others:
+        ax.scatter([r["batch"] for r in others], [r["steps_to_target"] for r in others], s=14, color="0.6",
+                   label="other learning rates", zorder=2)
+    bb = [d["batch"] for d in per_batch]
+    ss = [d["steps_to_target"] for d in per_batch]
+    ax.plot(bb, ss, "o-", color="C0", label="best learning rate", zorder=3)
+    grid = _fit_grid(batches)
+    ax.plot(grid, [ss[0] * bb[0] / b for b in grid], color="0.3", lw=1, ls="-.", label="perfect scaling")
+    if f is not None:
+        ax.plot(grid, [f.steps(b) for b in grid], color="C3", lw=1.2,
+                label=f"fit S_min(1+B_crit/B): S_min {f.s_min:,.0f}")
+        if f.s_min > 0:
+            ax.axhline(f.s_min, color="C3", lw=0.6, alpha=0.5)
+    _marks(ax, f, noise)
+    ax.set_yscale("log")
+    _batch_axis(ax, batches)
+    ax.set_ylabel(f"steps to {plan.split} {plan.target.replace('=', ' ')}")
+    ax.set_title(f"{plan.config}: steps to target")
+    ax.legend(fontsize=8)
+    return save(fig, folder / FIGURES["steps"]).name
+
+
+def _samples(plt, folder, rows, per_batch, f, noise, plan):
+    fig, ax = plt.subplots(figsize=(7, 4.8))
+    batches = sorted({r["batch"] for r in rows})
+    bb = [d["batch"] for d in per_batch]
+    ax.plot(bb, [d["samples_to_target"] for d in per_batch], "o-", color="C0", label="best learning rate")
+    if f is not None:
+        grid = _fit_grid(batches)
+        ax.plot(grid, [b * f.steps(b) for b in grid], color="C3", lw=1.2,
+                label=f"fit E_min(1+B/B_crit): E_min {f.e_min:,.0f}")
+    _marks(ax, f, noise)
+    ax.set_yscale("log")
+    _batch_axis(ax, batches)
+    ax.set_ylabel("training samples to target")
+    ax.set_title(f"{plan.config}: samples to target")
+    ax.legend(fontsize=8)
+    return save(fig, folder / FIGURES["samples"]).name
+
+
+def _accuracy(plt, folder, rows, per_batch, plan):
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    batches = sorted({r["batch"] for r in rows})
+    best = {d["batch"]: d for d in per_batch}
+    # per batch: the best rate's mean where one reached the target, else the best value any rate got
+    def per(key, pick=max):
+        xs, ys = [], []
+        for b in batches:
+            if b in best and best[b][key] is not None:
+                xs.append(b), ys.append(best[b][key])
+                continue
+            vals = [r[key] for r in rows if r["batch"] == b and r[key] is not None]
+            if vals:
+                xs.append(b), ys.append(pick(vals))
+        return xs, [100 * y for y in ys]
+
+    for key, label in (("best_val_accuracy", "best validation"), ("best_test_accuracy", "best test"),
+                       ("final_train_accuracy", "final training")):
+        xs, ys = per(key)
+        if xs:
+            a1.plot(xs, ys, "o-", label=label)
+    metric, _, value = plan.target.partition("=")
+    if metric == "accuracy":
+        a1.axhline(100 * float(value), color="0.4", lw=0.8, ls="--", label="target")
+    a1.set_ylabel("accuracy %")
+    a1.legend(fontsize=8)
+    _batch_axis(a1, batches)
+    a1.set_title("accuracy (best rate per batch)")
+    xs, ys = per("generalization_gap", pick=min)
+    a2.plot(xs, ys, "o-", color="C4")
+    a2.axhline(0, color="0.4", lw=0.6)
+    a2.set_ylabel("final training − test accuracy, points")
+    _batch_axis(a2, batches)
+    a2.set_title("generalization gap")
+    return save(fig, folder / FIGURES["accuracy"]).name
+
+
+def _curves(plt, folder, plan, best):
+    """The target split's accuracy (or loss) against steps for every point, coloured by batch size; the
+    best rate of each batch size drawn solid, the others faint."""
+    metric = plan.target.partition("=")[0]
+    batches = sorted({p.batch for p in plan.points})
+    cmap = plt.get_cmap("viridis")
+    color = {b: cmap(i / max(1, len(batches) - 1)) for i, b in enumerate(batches)}
+    rows = {}
+    fig, ax = plt.subplots(figsize=(8, 5))
+    drawn = set()
+    for p in plan.points:
+        records, _ = collect.read_metrics(Path(folder) / p.name / "metrics.jsonl")
+        ev = [r for r in records if r["event"] == "eval" and r.get("split") == plan.split and r["step"] > 0]
+        if not ev:
+            continue
+        rows[p.name] = ev
+        drawn.add(p.batch)
+        chosen = p.name in best or not best
+        ax.plot([r["step"] for r in ev], [r[metric] for r in ev], color=color[p.batch], lw=1.3 if chosen else 0.8,
+                alpha=0.9 if chosen else 0.3)
+    if not rows:
+        plt.close(fig)
+        return None
+    value = float(plan.target.partition("=")[2])
+    target = ax.axhline(value, color="0.3", lw=0.8, ls="--", label="target")
+    ax.set_xscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel(f"{plan.split} {metric}")
+    if metric == "accuracy":
+        lows = [min(r[metric] for r in ev) for ev in rows.values()]
+        ax.set_ylim(max(min(lows), value - 0.25), None)
+    ax.grid(True, alpha=0.3)
+    ax.set_title(f"{plan.config}: learning curves of every point")
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=color[b], lw=1.3, label=f"batch {b}") for b in sorted(drawn)]
+    ax.legend(handles=handles + [target], fontsize=7, ncol=2,
+              title="best rate solid, others faint" if best else None, title_fontsize=7)
+    return save(fig, folder / FIGURES["curves"]).name

@@ -1,0 +1,211 @@
+"""The plan of a sweep: its settings and points, kept in ``DIR/sweep.json`` beside ``DIR/config.toml``.
+
+Every point runs with the sweep folder as its working directory and names its files relative to it, so a
+sweep folder can be moved (or reached from a cluster's compute nodes under another path) as a whole.
+"""
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .. import config as C
+from ..errors import UserError
+
+RULES = ("none", "linear", "sqrt")
+PLAN_VERSION = 1
+
+
+def parse_batch_sizes(text):
+    """``"32,64,128"`` or ``"32,64,...,8192"`` (a geometric run: the ratio of the first two, up to the last)."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    try:
+        if "..." in items:
+            i = items.index("...")
+            if i != 2 or len(items) != 4:
+                raise ValueError
+            a, b, last = int(items[0]), int(items[1]), int(items[3])
+            if b <= a or b % a or last < b:
+                raise ValueError
+            sizes = [a]
+            while sizes[-1] * (b // a) <= last:
+                sizes.append(sizes[-1] * (b // a))
+        else:
+            sizes = [int(t) for t in items]
+    except ValueError:
+        raise UserError(f"--batch-sizes {text!r}: expected global batch sizes such as 32,64,128 or a doubling "
+                        "run such as 32,64,...,8192") from None
+    if not sizes or min(sizes) < 1 or len(set(sizes)) != len(sizes):
+        raise UserError(f"--batch-sizes {text!r}: give distinct positive batch sizes")
+    return sorted(sizes)
+
+
+def parse_floats(text, option):
+    try:
+        values = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) <= 0 or len(set(values)) != len(values):
+        raise UserError(f"{option} {text!r}: expected distinct positive numbers separated by commas, e.g. 0.5,1,2")
+    return values
+
+
+def scaled_lr(lr, base_batch, batch, rule):
+    """The learning rate for ``batch`` from ``lr`` at ``base_batch`` by ``rule`` (none, linear, sqrt)."""
+    ratio = batch / base_batch
+    return lr * {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[rule]
+
+
+@dataclass
+class Point:
+    index: int
+    name: str  # its folder inside the sweep
+    batch: int
+    lr_mult: float
+    lr: float
+    seed: int
+    args: list = field(default_factory=list)  # distnet train arguments, relative to the sweep folder
+
+
+@dataclass
+class Plan:
+    config: str  # what the user named (a preset or a file); the resolved config is DIR/config.toml
+    ranks: int
+    lr_rule: str
+    base_batch: int
+    base_lr: float
+    target: str  # "accuracy=0.88"
+    split: str  # val | test
+    epochs: int  # the cap
+    resolution: float  # train.eval_growth of every point
+    full_curves: bool  # False: a point stops at the target
+    points: list
+    notes: list = field(default_factory=list)  # what the sweep changed in the config, said in the report
+    version: int = PLAN_VERSION
+
+    def to_json(self):
+        return json.dumps(asdict(self), indent=1)
+
+    @classmethod
+    def from_json(cls, text):
+        d = json.loads(text)
+        d["points"] = [Point(**p) for p in d["points"]]
+        return cls(**d)
+
+
+def point_name(batch, mult, seed):
+    return f"b{batch:05d}-lr{mult:g}-s{seed}"
+
+
+def make(args, cfg):
+    """The plan for the command line ``args`` and the resolved config ``cfg`` (adjusted here: the validation
+    split the target needs, no lr scaling of its own); returns (plan, cfg)."""
+    tc, oc, notes = cfg["train"], cfg["optimizer"], []
+    target = C.parse_target(args.target, "--target")
+    if target is None:
+        raise UserError("distnet sweep needs --target METRIC=VALUE, e.g. --target accuracy=0.88")
+    if args.split == "val" and not cfg["data"]["val_fraction"]:
+        cfg["data"]["val_fraction"] = 0.1
+        notes.append("data.val_fraction = 0.1 (the config held out no validation split for the target)")
+    if cfg["data"]["val_fraction"] and args.split == "test":
+        notes.append("the target is measured on the test split although a validation split is held out")
+    if args.ranks < 1:
+        raise UserError(f"--ranks {args.ranks}: give at least 1")
+    epochs = args.epochs or tc["epochs"]
+    if epochs < 1:
+        raise UserError(f"--epochs {epochs}: give at least 1")
+    if not 0 < args.resolution < 1:
+        raise UserError(f"--resolution {args.resolution}: give a fraction such as 0.03 (3 %)")
+    sizes = parse_batch_sizes(args.batch_sizes)
+    group = args.ranks * tc["accumulate"]
+    bad = [b for b in sizes if b % group]
+    if bad:
+        raise UserError(f"--batch-sizes: {', '.join(map(str, bad))} not divisible by ranks x accumulation steps = "
+                        f"{args.ranks} x {tc['accumulate']}: use multiples of {group}")
+    mults = parse_floats(args.lr_grid, "--lr-grid")
+    if args.repeats < 1:
+        raise UserError(f"--repeats {args.repeats}: give at least 1")
+    # The config's own lr scaling would scale again: the sweep states each point's rate itself.
+    base_batch, base_lr = tc["batch_size"], oc["lr"]
+    if oc["lr_scaling"] != "none":
+        base_batch = oc["base_batch"]
+        notes.append(f"optimizer.lr_scaling = none (the sweep scales the rate by --lr-rule {args.lr_rule} "
+                     f"from lr {base_lr:g} at batch {base_batch})")
+        oc["lr_scaling"] = "none"
+    points = []
+    for b in sizes:
+        for m in mults:
+            for r in range(args.repeats):
+                seed = tc["seed"] + r
+                lr = scaled_lr(base_lr, base_batch, b, args.lr_rule) * m
+                points.append(Point(len(points), point_name(b, m, seed), b, m, lr, seed))
+    plan = Plan(config=args.config, ranks=args.ranks, lr_rule=args.lr_rule, base_batch=base_batch,
+                base_lr=base_lr, target=f"{target[0]}={target[1]:g}", split=args.split, epochs=epochs,
+                resolution=args.resolution, full_curves=args.full_curves, points=points, notes=notes)
+    train_size = _train_size(cfg)
+    for p in points:
+        p.args = point_args(plan, p, train_size)
+    return plan, cfg
+
+
+def _train_size(cfg):
+    """Samples in the training split after the validation hold-out (for the evaluation cadence)."""
+    from ..data import open_dataset
+
+    try:
+        n = len(open_dataset(C.data_path(cfg))["train"])
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a broken dataset is the user's to fix
+        raise UserError(f"{C.data_path(cfg)}: cannot open the dataset ({e}): prepare it with distnet data prepare")
+    return n - int(round(n * cfg["data"]["val_fraction"]))
+
+
+def point_args(plan, p, train_size):
+    """``distnet train`` arguments of point ``p``. Evaluations (and train lines) come every ``resolution``
+    of an epoch at first and then as the step count grows by ``resolution``: the step at which the target is
+    met is known to within that fraction wherever it takes an epoch or more."""
+    steps_per_epoch = max(1, train_size // p.batch)
+    gap = max(1, int(plan.resolution * steps_per_epoch))
+    args = ["train", "config.toml", "--batch-size", str(p.batch), "--lr", repr(p.lr), "--seed", str(p.seed),
+            "--epochs", str(plan.epochs), "--metrics", f"{p.name}/metrics.jsonl",
+            "--checkpoint-dir", f"{p.name}/ckpt", "--progress", "lines",
+            "--set", f"train.eval_growth={plan.resolution!r}", "--set", f"train.eval_every={gap}",
+            "--set", f"train.log_every={gap}", "--set", "checkpoint.keep=1"]
+    if not plan.full_curves:
+        args += ["--set", f'train.target="{plan.target}"']
+    return args
+
+
+def save(folder, plan, cfg):
+    """Write ``config.toml`` and ``sweep.json``; a folder holding another sweep is a user error (its points
+    would be mixed into this one's report)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    text, js = C.to_toml(cfg), plan.to_json()
+    old_cfg, old_plan = folder / "config.toml", folder / "sweep.json"
+    if old_plan.exists():
+        same = old_plan.read_text() == js and old_cfg.exists() and old_cfg.read_text() == text
+        if not same:
+            raise UserError(f"{folder} holds a sweep with other settings: rerun it with the same options and "
+                            "config to continue it, or give another --out")
+        return
+    _write(old_cfg, text)
+    _write(old_plan, js)
+
+
+def _write(path, text):
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def load(folder):
+    path = Path(folder) / "sweep.json"
+    if not path.is_file():
+        raise UserError(f"{folder} is not a sweep folder (no sweep.json): give the --out folder of a distnet sweep")
+    try:
+        plan = Plan.from_json(path.read_text())
+    except (ValueError, TypeError, KeyError) as e:
+        raise UserError(f"{path} is not a sweep plan this distnet can read ({e}): start the sweep again") from None
+    return plan
