@@ -214,3 +214,37 @@ def test_plot_draws_learning_curves_of_runs(tmp_path, spirals_data, capsys):
     assert main(["plot", empty]) == 2
     assert "has no train or eval lines" in capsys.readouterr().err
     assert not (tmp_path / "empty.png").exists()
+
+
+def test_ctrl_c_ends_the_running_point_and_leaves_nothing_behind(tmp_path, spirals_data):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "s"
+    cmd = [sys.executable, "-m", "distnet", "sweep", "spirals-mlp", "--data", str(spirals_data), "--out", str(out),
+           "--batch-sizes", "256", "--epochs", "500", "--target", "accuracy=0.999", "--no-progress"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    metrics = out / "b00256-lr1-s0" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.is_file() and '"event": "train"' in metrics.read_text()):
+        assert proc.poll() is None and time.monotonic() < deadline, "the point never started"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted; run the same command again" in err
+
+    def in_sweep(pid):
+        try:
+            return os.readlink(f"/proc/{pid}/cwd") == str(out)
+        except OSError:
+            return False
+
+    deadline = time.monotonic() + 30  # the point's launcher and rank are gone (SIGTERM, then SIGKILL)
+    while [p for p in os.listdir("/proc") if p.isdigit() and in_sweep(p)]:
+        assert time.monotonic() < deadline, "processes of the interrupted point are still running"
+        time.sleep(0.2)
+    assert "| incomplete |" in (out / "report.md").read_text()
