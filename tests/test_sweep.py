@@ -194,19 +194,24 @@ def test_a_target_ends_the_run_at_the_evaluation_that_reaches_it(tmp_path, spira
 
 def test_plot_draws_learning_curves_of_runs(tmp_path, spirals_data, capsys):
     runs = []
-    for b in (128, 512):
+    for b, noise in ((128, 1), (512, 1), (256, 0)):
         m = tmp_path / f"b{b}.jsonl"
         r = run_distnet(["train", "spirals-mlp", "--data", spirals_data, "--epochs", "2", "--batch-size", b,
                          "--metrics", m, "--quiet", "--set", "data.val_fraction=0.1", "--set",
-                         "train.log_every=2"], timeout=120)
+                         "train.log_every=2", "--set", f"train.noise_every={noise}"], timeout=120)
         assert r.returncode == 0, r.stderr
         runs.append(m)
-    for x in ("steps", "samples", "time"):
+    for x in ("steps", "samples", "time"):  # with the noise scale: 2 x 2 panels, 11 x 7.5 inches at 120 dpi
         png = tmp_path / f"curves-{x}.png"
-        assert main(["plot", *runs, "--x", x, "--out", png]) == 0
+        assert main(["plot", *runs[:2], "--x", x, "--out", png]) == 0
         w, h = png_size(png)
-        assert 1300 < w < 1750 and 420 < h < 560, (w, h)  # 14 x 4.2 inches at 120 dpi, tightened
+        assert 1000 < w < 1400 and 700 < h < 950, (w, h)  # bbox tightened
         assert_not_blank(png)
+    png = tmp_path / "no-noise.png"  # without: 1 x 3 panels, 14 x 4.2 inches
+    assert main(["plot", runs[2], "--out", png]) == 0
+    w, h = png_size(png)
+    assert 1300 < w < 1750 and 420 < h < 560, (w, h)
+    assert_not_blank(png)
     assert main(["plot", runs[0]]) == 0 and (tmp_path / "b128.png").exists()
     capsys.readouterr()
     empty = tmp_path / "empty.jsonl"

@@ -48,6 +48,7 @@ def main(args):
             raise UserError(f"--x samples: {', '.join(missing)} does not say its global batch (no start line)")
     out = Path(args.out) if args.out else Path(args.runs[0]).with_suffix(".png")
     noise = any(_finite(r.get("noise_scale")) for _, recs, _, _ in runs for r in recs)
+    biased = any(r.get("noise_biased") for _, recs, _, _ in runs for r in recs)
     plt = pyplot()
     panels = ["loss", "accuracy", "lr"] + (["noise_scale"] if noise else [])
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5)) if noise else plt.subplots(1, 3, figsize=(14, 4.2))
@@ -71,7 +72,7 @@ def main(args):
             if pts:
                 axes[key].plot(*zip(*pts), "-", color=color, lw=1.1, label=name or None)
     titles = {"loss": "loss", "accuracy": "accuracy", "lr": "learning rate",
-              "noise_scale": "gradient noise scale B_simple"}
+              "noise_scale": "gradient noise scale B_simple" + (" (biased: 1 rank, 1 micro-step)" if biased else "")}
     for key, ax in axes.items():
         ax.set_title(titles[key])
         ax.set_xlabel(XLABEL[x_kind])

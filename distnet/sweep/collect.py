@@ -55,6 +55,10 @@ def row(plan, point, folder):
     upto = steps if steps else last_step
     noise = [r["noise_scale"] for r in trains if r["step"] <= upto and _finite(r.get("noise_scale"))]
     out["noise_scale_mean"] = sum(noise) / len(noise) if noise else None
+    # the scale grows as training goes on (McCandlish et al.); its value where the target was reached is the
+    # one B_crit is about (a moving average over the last ~1/(1 - train.noise_decay) measured steps)
+    out["noise_scale_at_target"] = noise[-1] if noise else None
+    out["noise_biased"] = any(r.get("noise_biased") for r in trains)  # 1 rank, 1 micro-step: biased upwards
     out["samples_per_s"] = _samples_per_s(trains, point.batch)
     out["wall_s"] = sum(b - a for a, b in segments) if segments else None
     return out

@@ -34,7 +34,7 @@ def _marks(ax, f, noise):
     if f is not None and math.isfinite(f.b_crit) and f.b_crit > 0:
         ax.axvline(f.b_crit, color="C3", ls="--", lw=1, label=f"B_crit (fit) {f.b_crit:,.0f}")
     if noise:
-        ax.axvline(noise, color="C2", ls=":", lw=1.5, label=f"noise scale (measured) {noise:,.0f}")
+        ax.axvline(noise, color="C2", ls=":", lw=1.5, label=f"noise scale at target (smallest batch) {noise:,.0f}")
 
 
 def _fit_grid(batches):

@@ -3,7 +3,6 @@
 import csv
 import io
 import math
-import statistics
 from pathlib import Path
 
 from . import collect, fit as F
@@ -11,7 +10,7 @@ from . import collect, fit as F
 COLUMNS = ["point", "batch", "lr_mult", "lr", "seed", "status", "best_lr", "steps_to_target", "samples_to_target",
            "epochs_to_target", "wall_s_to_target", "steps_run", "epochs_run", "best_val_accuracy",
            "best_test_accuracy", "final_train_accuracy", "final_test_accuracy", "generalization_gap",
-           "noise_scale_mean", "samples_per_s", "wall_s"]
+           "noise_scale_mean", "noise_scale_at_target", "noise_biased", "samples_per_s", "wall_s"]
 FIGURES = {"steps": "steps_to_target.png", "samples": "samples_to_target.png", "accuracy": "accuracy_gap.png",
            "curves": "curves.png"}
 
@@ -44,7 +43,7 @@ def summarize(rows):
     best = best_per_batch(rows)
     keys = ["lr_mult", "lr", "steps_to_target", "samples_to_target", "epochs_to_target", "wall_s_to_target",
             "best_val_accuracy", "best_test_accuracy", "final_train_accuracy", "generalization_gap",
-            "noise_scale_mean", "samples_per_s"]
+            "noise_scale_mean", "noise_scale_at_target", "samples_per_s"]
     per_batch = []
     for b, rs in best.items():
         d = {"batch": b, "seeds": len(rs)}
@@ -55,8 +54,11 @@ def summarize(rows):
         for d in per_batch:
             d["scaling_efficiency"] = s0 / d["steps_to_target"] / (d["batch"] / b0)
     f = F.fit([d["batch"] for d in per_batch], [d["steps_to_target"] for d in per_batch])
-    noise = [d["noise_scale_mean"] for d in per_batch if d["noise_scale_mean"] is not None]
-    return per_batch, f, (statistics.median(noise) if noise else None, noise)
+    # B_crit is compared with the noise scale at the target of the smallest batch's best run: its longest run,
+    # where the moving average is most local (in a run of a few hundred steps it still holds the early,
+    # smaller values)
+    at = [d["noise_scale_at_target"] for d in per_batch if d["noise_scale_at_target"] is not None]
+    return per_batch, f, (at[0] if at else None, at)
 
 
 def write(plan, folder, figures=True):
@@ -133,23 +135,30 @@ def markdown(plan, rows, per_batch, f, noise, figures):
         out.append(f"S = S_min (1 + B_crit / B) over {f.n} batch sizes (relative least squares, rms error "
                    f"{100 * f.rms_rel:.1f} %): **S_min = {_n(f.s_min)} steps, E_min = {_n(f.e_min)} samples, "
                    f"B_crit = {_n(f.b_crit)}**." + (f" {f.note[0].upper()}{f.note[1:]}." if f.note else ""))
-    med, values = noise
-    if med is None:
+    first, values = noise
+    if first is None:
         out.append("The runs measured no gradient noise scale (`noise_scale` in the metrics).")
     else:
-        out.append(f"Measured gradient noise scale B_simple (mean over each best run up to its target; median "
-                   f"over batch sizes): **{_n(med)}** (range {_n(min(values))}–{_n(max(values))})"
-                   + (f"; B_crit / B_simple = {f.b_crit / med:.2g}." if f and med and math.isfinite(f.b_crit)
+        out.append(f"Measured gradient noise scale B_simple where the target was reached: **{_n(first)}** in the "
+                   f"smallest batch's best run (its longest: the moving average there is the most local), "
+                   f"{_n(min(values))}–{_n(max(values))} over the best runs of all batch sizes (shorter runs "
+                   "average in more of their early, smaller values)"
+                   + (f"; B_crit / B_simple = {f.b_crit / first:.2g}." if f and first and math.isfinite(f.b_crit)
                       else "."))
+    if any(r.get("noise_biased") for r in rows):
+        out.append("The noise scale of runs on 1 rank without accumulation is the biased estimate from consecutive "
+                   "steps (`noise_biased` in the metrics): run the sweep with --ranks 2 or more, or "
+                   "--set train.accumulate=2, for the unbiased one.")
     out += ["", "## Per batch size (best learning rate)", "",
             "| batch | lr | steps to target | samples | epochs | steps vs perfect scaling | time to target s "
-            "| best val % | best test % | train − test % | noise scale | samples/s |",
+            "| best val % | best test % | train − test % | noise scale: mean, at target | samples/s |",
             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for d in per_batch:
         out.append(f"| {d['batch']} | {_n(d['lr'])} (×{d['lr_mult']:g}) | {_n(d['steps_to_target'])} "
                    f"| {_n(d['samples_to_target'])} | {_n(d['epochs_to_target'])} | {_n(d['scaling_efficiency'], 2)} "
                    f"| {_n(d['wall_s_to_target'])} | {_pct(d['best_val_accuracy'])} | {_pct(d['best_test_accuracy'])} "
-                   f"| {_pct(d['generalization_gap'])} | {_n(d['noise_scale_mean'])} | {_n(d['samples_per_s'])} |")
+                   f"| {_pct(d['generalization_gap'])} | {_n(d['noise_scale_mean'])}, {_n(d['noise_scale_at_target'])} "
+                   f"| {_n(d['samples_per_s'])} |")
     unreached = sorted({r["batch"] for r in rows} - {d["batch"] for d in per_batch})
     if unreached:
         out.append("")
@@ -162,11 +171,12 @@ def markdown(plan, rows, per_batch, f, noise, figures):
             out.append(f"![{key}]({FIGURES[key]})")
     out += ["", "## All points", "",
             "| point | status | steps to target | best val % | best test % | final train % | train − test % "
-            "| noise scale | samples/s | time s |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "| noise scale: mean, at target | samples/s | time s |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         mark = " **best**" if r.get("best_lr") else ""
         out.append(f"| {r['point']}{mark} | {r['status']} | {_n(r['steps_to_target'])} "
                    f"| {_pct(r['best_val_accuracy'])} | {_pct(r['best_test_accuracy'])} "
                    f"| {_pct(r['final_train_accuracy'])} | {_pct(r['generalization_gap'])} "
-                   f"| {_n(r['noise_scale_mean'])} | {_n(r['samples_per_s'])} | {_n(r['wall_s'])} |")
+                   f"| {_n(r['noise_scale_mean'])}, {_n(r['noise_scale_at_target'])} | {_n(r['samples_per_s'])} "
+                   f"| {_n(r['wall_s'])} |")
     return "\n".join(out) + "\n"
