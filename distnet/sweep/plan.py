@@ -126,7 +126,9 @@ def make(args, cfg):
     if args.repeats < 1:
         raise UserError(f"--repeats {args.repeats}: give at least 1")
     # The config's own lr scaling would scale again: the sweep states each point's rate itself.
-    base_batch, base_lr = tc["batch_size"], oc["lr"]
+    # a config with batch_size = "auto" starts at batch_min: the rate it gives is the rate at that batch
+    base_batch = tc["batch_size"] if isinstance(tc["batch_size"], int) else tc["batch_min"]
+    base_lr = oc["lr"]
     if oc["lr_scaling"] != "none":
         base_batch = oc["base_batch"]
         notes.append(f"optimizer.lr_scaling = none (the sweep scales the rate by --lr-rule {args.lr_rule} "
