@@ -23,6 +23,7 @@ class Shard:
     length: int
     x_offset: int | None  # byte offset of x when stored contiguous and uncompressed (memory-mappable)
     chunk_rows: int | None  # rows per HDF5 chunk when x is chunked (compressed)
+    sums: tuple = ()  # (x_sha256, y_sha256) as stored at preparation (not verified here: `data inspect` does)
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,7 @@ def first_line(e):
 
 
 def read_attrs(f, path):
-    """Info and counters from a shard's attributes, checking the format version first."""
+    """Info, counters and stored checksums from a shard's attributes, checking the format version first."""
     missing = [a for a in REQUIRED_ATTRS if a not in f.attrs]
     if "format_version" in f.attrs and int(f.attrs["format_version"]) != FORMAT_VERSION:
         raise DataError(f"{path}: unknown format_version {int(f.attrs['format_version'])} (this distnet reads "
@@ -127,7 +128,8 @@ def read_attrs(f, path):
     a = f.attrs
     info = Info(str(a["dataset"]), tuple(json.loads(a["class_names"])), tuple(int(v) for v in a["input_shape"]),
                 None, np.asarray(a["mean"], np.float64), np.asarray(a["std"], np.float64), float(a["pixel_scale"]))
-    return info, int(a["shard_index"]), int(a["shard_count"]), int(a["num_samples_total"])
+    return info, int(a["shard_index"]), int(a["shard_count"]), int(a["num_samples_total"]), \
+        (str(a["x_sha256"]), str(a["y_sha256"]))
 
 
 def check_arrays(f, path, info):
@@ -172,7 +174,7 @@ def read_shard(path):
                         f"{REPREPARE}") from None
     try:
         with f:
-            info, index, count, total = read_attrs(f, path)
+            info, index, count, total, sums = read_attrs(f, path)
             offset, chunk_rows = check_arrays(f, path, info)
             info = replace(info, dtype=f["x"].dtype)
             labels = f["y"][:]
@@ -182,7 +184,7 @@ def read_shard(path):
     if len(labels) and (labels.min() < 0 or labels.max() >= k):
         bad = labels[(labels < 0) | (labels >= k)][0]
         raise DataError(f"{path}: label {bad} out of range 0..{k - 1} ({k} class names): {REPREPARE}")
-    return info, (index, count, total), (offset, chunk_rows), labels
+    return info, (index, count, total), (offset, chunk_rows, sums), labels
 
 
 def same_info(a, b):
@@ -202,7 +204,7 @@ def open_split(folder, name, info):
         raise DataError(f"{split_dir}: no shards (*.h5 files) in split {name!r}: {REPREPARE}")
     shards, labels, start = [], [], 0
     for i, path in enumerate(paths):
-        shard_info, (index, count, total), (offset, chunk_rows), y = read_shard(path)
+        shard_info, (index, count, total), (offset, chunk_rows, sums), y = read_shard(path)
         if info is None:
             info = shard_info
         elif not same_info(info, shard_info):
@@ -211,7 +213,7 @@ def open_split(folder, name, info):
         if index != i or count != len(paths):
             raise DataError(f"{path}: is shard {index} of {count} but the folder has {len(paths)} shards and "
                             f"this is number {i}: a shard is missing or extra; {REPREPARE}")
-        shards.append(Shard(path, start, len(y), offset, chunk_rows))
+        shards.append(Shard(path, start, len(y), offset, chunk_rows, sums))
         labels.append(y)
         start += len(y)
     if start != total:
@@ -277,13 +279,8 @@ def open_dataset(path, splits=SPLITS):
 def fingerprint(ds):
     """What copies of a prepared dataset on different nodes must agree on, found without reading the data:
     per shard (split/file name, size in bytes, the x and y checksums stored at preparation)."""
-    out = []
-    for name, split in ds.splits.items():
-        for shard in split.shards:
-            with h5py.File(shard.path, "r") as f:
-                sums = tuple(str(f.attrs[k]) for k in ("x_sha256", "y_sha256"))
-            out.append((f"{name}/{shard.path.name}", shard.path.stat().st_size, *sums))
-    return out
+    return [(f"{name}/{shard.path.name}", shard.path.stat().st_size, *shard.sums)
+            for name, split in ds.splits.items() for shard in split.shards]
 
 
 def fingerprint_difference(mine, theirs):

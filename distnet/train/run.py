@@ -3,6 +3,7 @@
 Any rank may fail in either (a missing file, a bad checkpoint); callers run them inside ``comm.agreed``.
 """
 
+import hashlib
 import sys
 import time
 from contextlib import contextmanager
@@ -214,19 +215,22 @@ def setup(cfg, w):
 def check_same_data(run, hosts):
     """Every rank reads the same prepared data (each node may hold its own copy) and resumed from the same
     checkpoint (a rank may have found the newest damaged where the others did not): the ranks compare with
-    rank 0 in one allgather, and all stop with one line (exit 2) naming the ranks and hosts that differ.
+    rank 0 in one allgather (of digests; the whole fingerprints travel only to name a difference), and all
+    stop with one line (exit 2) naming the ranks and hosts that differ.
     Collective; call it after ``setup`` and ``resume``, outside ``comm.agreed``."""
     from ..data import fingerprint_difference
 
-    everyone = run.world.allgather((run.data_fingerprint, run.resumed_from))
+    digest = hashlib.sha256(repr(run.data_fingerprint).encode()).hexdigest()  # small at any shard count
+    everyone = run.world.allgather((digest, run.resumed_from))
     host = {r: h for h, ranks in hosts.items() for r in ranks}
 
     def named(ranks):
         return ", ".join(f"{r} ({host.get(r, '?')})" for r in ranks)
 
     differ = [r for r, (fp, _) in enumerate(everyone) if fp != everyone[0][0]]
-    if differ:
-        what = fingerprint_difference(everyone[differ[0]][0], everyone[0][0])
+    if differ:  # every rank knows: all take part in gathering the whole fingerprints to say where they differ
+        full = run.world.allgather(run.data_fingerprint)
+        what = fingerprint_difference(full[differ[0]], full[0])
         raise comm.Stop(f"the ranks read different copies of the data {run.data_dir}: rank(s) {named(differ)} "
                         f"differ from rank 0 ({host.get(0, '?')}) in {what}: give every node the same copy "
                         "(prepare it once and copy the folder)", exit_code=2)
