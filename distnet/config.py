@@ -84,8 +84,10 @@ SCHEMA = {
     "comm": {
         "sync": (str, "bucketed"),      # gradient-sync strategy: bucketed (overlapped) | flat (one allreduce)
                                         # | zero (optimizer state sharded over the ranks) | fp16 | bf16
-                                        # (16-bit gradients on the wire)
-        "error_feedback": (bool, True),  # fp16/bf16: carry what compression dropped to the next step
+                                        # (16-bit gradients on the wire) | powersgd (low-rank gradients)
+        "error_feedback": (bool, True),  # fp16/bf16/powersgd: carry what compression dropped to the next step
+        "powersgd_rank": (int, 4),      # powersgd: rank of each matrix gradient's approximation
+        "powersgd_warmup": (int, 10),   # powersgd: steps sent uncompressed first
         "bucket_mb": (NUM, 1.0),        # gradient bucket size
         "overlap": (bool, True),        # start each bucket's allreduce during backward
         "split_mb": (NUM, 0.25),        # send the first layer's dW in row blocks of this size (0 = whole)
@@ -331,11 +333,14 @@ def validate(cfg, label="config"):
     choices = {("data", "reader"): ("auto", "memory", "stream"), ("train", "nonfinite"): ("stop", "skip"),
                ("model", "dtype"): ("float32", "float64"), ("optimizer", "lr_scaling"): ("none", "linear", "sqrt"),
                ("train", "loss"): tuple(LOSSES), ("log", "progress"): PROGRESS,
-               ("comm", "sync"): ("bucketed", "flat", "zero", "fp16", "bf16")}
+               ("comm", "sync"): ("bucketed", "flat", "zero", "fp16", "bf16", "powersgd")}
     for (section, key), allowed in choices.items():
         if cfg[section][key] not in allowed:
             raise ConfigError(f"config key {section}.{key} must be one of {', '.join(allowed)}, "
                               f"got {cfg[section][key]!r}")
+    if cfg["comm"]["powersgd_rank"] < 1 or cfg["comm"]["powersgd_warmup"] < 0:
+        raise ConfigError(f"config keys comm.powersgd_rank must be >= 1 and comm.powersgd_warmup >= 0, got "
+                          f"{cfg['comm']['powersgd_rank']} and {cfg['comm']['powersgd_warmup']}")
     if cfg["comm"]["bucket_mb"] <= 0:
         raise ConfigError("config key comm.bucket_mb must be > 0")
     pf = cfg["data"]["prefetch"]

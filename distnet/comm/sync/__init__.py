@@ -3,9 +3,11 @@
 from .base import Flat, Rows, Sync
 from .bucketed import Bucketed
 from .compressed import Compressed
+from .powersgd import PowerSGD
 from .zero import Zero
 
-STRATEGIES = {"bucketed": Bucketed, "flat": Flat, "zero": Zero, "fp16": Compressed, "bf16": Compressed}
+STRATEGIES = {"bucketed": Bucketed, "flat": Flat, "zero": Zero, "fp16": Compressed, "bf16": Compressed,
+              "powersgd": PowerSGD}
 
 
 def make(w, model, cc):
@@ -19,7 +21,10 @@ def make(w, model, cc):
         return Zero(w, model, **sizes)
     if cc["sync"] in ("fp16", "bf16"):
         return Compressed(w, model, cc["sync"], error_feedback=cc["error_feedback"], **sizes)
+    if cc["sync"] == "powersgd":
+        return PowerSGD(w, model, rank=cc["powersgd_rank"], warmup=cc["powersgd_warmup"],
+                        error_feedback=cc["error_feedback"], **sizes)
     return Bucketed(w, model, **sizes)
 
 
-__all__ = ["STRATEGIES", "Bucketed", "Compressed", "Flat", "Rows", "Sync", "Zero", "make"]
+__all__ = ["STRATEGIES", "Bucketed", "Compressed", "Flat", "PowerSGD", "Rows", "Sync", "Zero", "make"]

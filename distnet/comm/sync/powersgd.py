@@ -1,0 +1,147 @@
+"""PowerSGD (Vogels, Karimireddy & Jaggi 2019; PyTorch DDP's powerSGD hook): each matrix-shaped gradient
+sent as a rank-r product, with error feedback and a warm-started Q.
+
+For a layer's weight gradient M (n x m: a Dense W as in x out, a Conv W as out x in*kh*kw), with this rank's
+residual e added (M <- M + e) and the previous step's Q (m x r; random at first, the same on every rank):
+
+    P <- M Q          allreduce (sum) P,  P <- orthonormal basis of P (QR)
+    Q <- M^T P        e <- M - P Q^T  (what this rank's projection dropped)
+                      allreduce (sum) Q,  gradient <- P Q^T   (= P P^T sum_ranks M)
+
+so (n + m) r numbers cross the wire instead of n m. P's allreduce starts as soon as backward finished the
+layer; the Q's of all matrices go in one allreduce after backward. Biases and matrices that would not shrink
+at least twice (n m < 2 r (n + m)) are allreduced as they are. The first ``warmup`` steps use the plain
+bucketed allreduce (the paper's and DDP's warm-up: early gradients change fast and compress badly).
+
+Exactness: the sum is the projection of the true sum on a rank-r subspace (exact when the summed gradient has
+rank <= r); error feedback keeps what each rank's projection dropped and adds it to the next step's gradient,
+so the sent gradients' running sum stays within one step's residual of the true running sum. Q, the residuals
+and the step count are not checkpointed: a resumed run warms up again from a fresh Q.
+"""
+
+import numpy as np
+
+from .base import Sync
+from .bucketed import Bucketed
+
+
+class PowerSGD(Sync):
+    """Rank-``rank`` compression of each matrix gradient, after ``warmup`` uncompressed (bucketed) steps."""
+
+    name = "powersgd"
+
+    def __init__(self, w, model, rank=4, warmup=10, error_feedback=True, seed=0, bucket_bytes=1 << 20,
+                 split_bytes=256 << 10):
+        super().__init__(w, model)
+        self.rank, self.warmup = int(rank), int(warmup)
+        self.plain = Bucketed(w, model, bucket_bytes=bucket_bytes, split_bytes=split_bytes)
+        self.steps = 0
+        self.warm = False  # this step is a warm-up step (sent by self.plain)
+        base, size = self.grads.ctypes.data, self.grads.itemsize
+        self.rng = rng = np.random.default_rng(seed)  # draws the same Q's on every rank
+        self.layers = {}  # layer index -> ([matrix], [uncompressed arena slices])
+        self.matrices = []  # every compressed matrix, in backward order
+        p_at = q_at = 0
+        for i in reversed(range(len(model.layers))):
+            mats, rest = [], []
+            for name, g in model.layers[i].grads.items():
+                lo = (g.ctypes.data - base) // size
+                sl = slice(lo, lo + g.size)
+                n, m = (g.shape[0], g.size // g.shape[0]) if g.ndim >= 2 else (1, g.size)
+                if g.ndim >= 2 and n * m >= 2 * self.rank * (n + m):
+                    mats.append(_Matrix(sl, n, m, p_at, q_at))
+                    p_at, q_at = p_at + n * self.rank, q_at + m * self.rank
+                else:
+                    rest.append(sl)
+            if mats or rest:
+                self.layers[i] = (mats, rest)
+                self.matrices += mats
+        dtype = self.grads.dtype
+        self.p_buf, self.q_buf = np.zeros(p_at, dtype), np.zeros(q_at, dtype)
+        for mat in self.matrices:
+            mat.bind(self, rng, error_feedback)
+        self.p_reqs = []
+
+    def begin(self, accum=None, stats=None, norm_at=None):
+        self.steps += 1
+        self.warm = self.steps <= self.warmup or not self.matrices
+        if self.warm:
+            return self.plain.begin(accum, stats, norm_at)
+        super().begin(accum, stats, norm_at)
+        self.p_reqs = []
+
+    def rows(self, i):
+        return self.plain.rows(i) if self.warm else None
+
+    def layer_done(self, i):
+        if self.warm:
+            return self.plain.layer_done(i)
+        mats, rest = self.layers.get(i, ((), ()))
+        for sl in rest:
+            self._local(sl)
+            if self.accum is not None:
+                self.grads[sl] += self.accum[sl]
+            self.reqs.append(self.w.iallreduce(self.grads[sl]))
+        for mat in mats:
+            self._local(mat.sl)
+            M = mat.start(self.accum)
+            np.matmul(M, mat.Q, out=mat.P)
+            self.p_reqs.append(self.w.iallreduce(mat.P))
+        if self.p_reqs:
+            self.w.testall(self.p_reqs + self.reqs)
+
+    def finish(self):
+        if self.warm:
+            self.wait_s = self.plain.finish()
+            return self.wait_s
+        return super().finish()
+
+    def _complete(self):
+        self.w.waitall(self.p_reqs)
+        self._send_stats()
+        if not np.isfinite(self.p_buf).all():  # a non-finite gradient somewhere (the same P on every rank)
+            self._restart()
+            return
+        for mat in self.matrices:
+            mat.P[...] = np.linalg.qr(mat.P)[0]
+            np.matmul(mat.M.T, mat.P, out=mat.Q)
+            if mat.e is not None:  # what this rank's projection on P drops
+                np.matmul(mat.P, mat.Q.T, out=mat.e)
+                np.subtract(mat.M, mat.e, out=mat.e)
+        self.w.allreduce(self.q_buf)
+        for mat in self.matrices:
+            np.matmul(mat.P, mat.Q.T, out=mat.M)  # the sum's projection, into the arena
+
+    def _restart(self):
+        """After a non-finite gradient: the matrices read NaN (the step's non-finite check sees it), and the
+        residuals and Q start afresh, since a skipped step must not poison the steps after it."""
+        for mat in self.matrices:
+            mat.M[...] = np.nan
+            mat.Q[...] = self.rng.standard_normal(mat.Q.shape)
+            if mat.e is not None:
+                mat.e[...] = 0
+
+
+class _Matrix:
+    """One compressed gradient: its arena slice seen as n x m, its P (n x r) and Q (m x r), its residual."""
+
+    def __init__(self, sl, n, m, p_at, q_at):
+        self.sl, self.n, self.m, self.p_at, self.q_at = sl, n, m, p_at, q_at
+
+    def bind(self, sync, rng, error_feedback):
+        r = sync.rank
+        self.M = sync.grads[self.sl].reshape(self.n, self.m)
+        self.P = sync.p_buf[self.p_at:self.p_at + self.n * r].reshape(self.n, r)
+        self.Q = sync.q_buf[self.q_at:self.q_at + self.m * r].reshape(self.m, r)
+        self.Q[...] = rng.standard_normal((self.m, r))  # the same on every rank (one seed)
+        self.e = np.zeros((self.n, self.m), sync.grads.dtype) if error_feedback else None
+        self.accum = None
+        self.sync = sync
+
+    def start(self, accum):
+        """This rank's gradient plus the accumulated micro-steps and its residual, in the arena."""
+        if accum is not None:
+            self.M += accum[self.sl].reshape(self.n, self.m)
+        if self.e is not None:
+            self.M += self.e
+        return self.M
