@@ -3,6 +3,7 @@
 import csv
 import io
 import math
+import sys
 from pathlib import Path
 
 from . import collect, fit as F
@@ -72,12 +73,20 @@ def write(plan, folder, figures=True):
     for r in rows:
         w.writerow({k: _csv(r.get(k)) for k in COLUMNS})
     _write(folder / "results.csv", buf.getvalue())
-    made = []
+    made, missing = [], None
     if figures and any(r["status"] != "pending" for r in rows):
+        from ..errors import UserError
         from . import figures as G
 
-        made = G.draw(plan, folder, rows, per_batch, f, noise[0])
-    _write(folder / "report.md", markdown(plan, rows, per_batch, f, noise, made))
+        try:
+            made = G.draw(plan, folder, rows, per_batch, f, noise[0])
+        except UserError as e:  # no matplotlib: the tables still count; say how to get the figures
+            missing = str(e)
+            print(f"distnet sweep: no figures: {missing}", file=sys.stderr)
+    text = markdown(plan, rows, per_batch, f, noise, made)
+    if missing:
+        text += f"\nNo figures: {missing}; then run distnet sweep --report on this folder.\n"
+    _write(folder / "report.md", text)
     return rows
 
 
