@@ -474,6 +474,27 @@ def test_a_requeued_job_resumes_from_its_checkpoint(slurm, spirals_data, tmp_pat
     assert summary(lines)["param_hash"] == summary(metrics(tmp_path / "ref.jsonl"))["param_hash"]
 
 
+def test_a_sweep_written_as_a_slurm_array_runs_each_point_with_srun(slurm, spirals_data, tmp_path):
+    out = tmp_path / "sweep"
+    r = run_distnet(["sweep", "spirals-mlp", "--data", spirals_data, "--out", out, "--ranks", "2", "--batch-sizes",
+                     "256,1024", "--epochs", "3", "--target", "accuracy=0.55", "--full-curves", "--slurm-array"],
+                    timeout=60)
+    assert r.returncode == 0, r.stderr
+    env = {k: v for k, v in slurm.items() if k != "MPIR_CVAR_CH4_NETMOD"}  # the sweep picks it under pmi2
+    r = on("h1", ["sbatch", "--wait", "--parsable", "-N", "2", "--ntasks-per-node=1", out / "sweep.sbatch"],
+           env=env, timeout=240)
+    logs = "".join(p.read_text() for p in out.glob("slurm-*.out"))
+    assert r.returncode == 0, r.stdout + r.stderr + logs
+    for point in ("b00256-lr1-s0", "b01024-lr1-s0"):
+        lines = metrics(out / point / "metrics.jsonl")
+        start = lines[0]
+        assert start["ranks"] == 2 and sorted(start["hosts"]) == ["h1", "h2"], start
+        assert summary(lines)["steps"] == 3 * (3600 // int(point[1:6]))
+        assert "srun -n 2 --mpi=pmi2" in (out / point / "log.txt").read_text()
+    r = run_distnet(["sweep", "--report", out], timeout=120)
+    assert r.returncode == 0 and "2 of 2 points done" in r.stderr, r.stderr
+
+
 def test_sbatch_template_with_openmpi_uses_pmix(slurm, openmpi_path, reference, spirals_data, tmp_path):
     cmd, env = sbatch(slurm, tmp_path, [*TRAIN, "--data", spirals_data], "--wait", "--parsable",
                       env={"PYTHONPATH": openmpi_path})
