@@ -66,6 +66,16 @@ def test_fit_says_when_one_regime_explains_everything():
     assert fit([64], [100]) is None and fit([64, 128], [100, None]) is None
 
 
+def test_samples_to_target_follow_a_growing_batch():
+    from distnet.sweep.collect import _samples_to
+
+    assert _samples_to(10, 64, []) == 640
+    # 64 for steps 1..20, then 128 for 21..30, then 512 from 31 on
+    assert _samples_to(25, 64, [(20, 128), (30, 512)]) == 20 * 64 + 5 * 128
+    assert _samples_to(33, 64, [(20, 128), (30, 512)]) == 20 * 64 + 10 * 128 + 3 * 512
+    assert _samples_to(20, 64, [(20, 128)]) == 20 * 64
+
+
 def test_batch_sizes_take_a_doubling_run():
     assert parse_batch_sizes("32,64,...,8192") == [32 * 2 ** i for i in range(9)]
     assert parse_batch_sizes("100, 300,...,2700") == [100, 300, 900, 2700]
@@ -174,6 +184,21 @@ def test_an_interrupted_sweep_keeps_finished_points_and_resumes_the_other(tmp_pa
     assert "## Fit" in report and "S_min" in report and "| 1024 |" in report
     for name in ("steps_to_target.png", "samples_to_target.png", "accuracy_gap.png", "curves.png"):
         assert_not_blank(out / name)
+
+
+def test_an_adaptive_batch_point_is_compared_with_the_fixed_ones(tmp_path, spirals_data):
+    out = tmp_path / "s"
+    r = run_distnet(["sweep", "spirals-mlp", "--data", spirals_data, "--out", out, "--batch-sizes", "64,512",
+                     "--ranks", "2", "--epochs", "6", "--target", "accuracy=0.6", "--auto", "--no-progress"],
+                    timeout=240)
+    assert r.returncode == 0, r.stdout + r.stderr
+    log = (out / "bauto-lr1-s0" / "log.txt").read_text()
+    assert "--batch-size auto --set train.batch_min=64 --set train.batch_max=512" in log
+    got = rows(out)["bauto-lr1-s0"]
+    assert got["auto"] == "yes" and got["status"] == "reached" and int(got["final_batch"]) >= 64
+    report = (out / "report.md").read_text()
+    assert "## Adaptive batch" in report and "| bauto-lr1-s0 | reached |" in report
+    assert "Best fixed batch by time to target:" in report
 
 
 def test_a_target_ends_the_run_at_the_evaluation_that_reaches_it(tmp_path, spirals_data):

@@ -35,6 +35,9 @@ def add_arguments(p):
     p.add_argument("--resolution", type=float, default=0.03, metavar="FRACTION",
                    help="evaluate as the step count grows by this fraction (default 0.03: steps to target "
                         "known within 3%%)")
+    p.add_argument("--auto", action="store_true",
+                   help="also run train.batch_size = auto (grown toward the measured noise scale from the smallest "
+                        "batch size to the largest) at every rate and seed, and compare it with the fixed batches")
     p.add_argument("--full-curves", action="store_true",
                    help="train every point to the cap instead of stopping it at the target")
     p.add_argument("--data", metavar="DIR", help="prepared dataset folder (data.path)")

@@ -27,16 +27,20 @@ def row(plan, point, folder):
     trains = [r for r in records if r["event"] == "train"]
     hit = next((r for r in evals if r.get("split") == plan.split
                 and C.target_reached(target, r["loss"], r["accuracy"])), None)
-    out = dict(point=point.name, batch=point.batch, lr_mult=point.lr_mult, lr=point.lr, seed=point.seed)
+    out = dict(point=point.name, batch=point.batch, lr_mult=point.lr_mult, lr=point.lr, seed=point.seed,
+               auto=point.auto)
     status = "pending" if not records else "incomplete"
     if summary is not None:
         status = "reached" if hit else "not reached"
     out["status"] = status
     steps = hit["step"] if hit else None
     out["steps_to_target"] = steps
-    out["samples_to_target"] = steps * point.batch if steps else None
+    first = start.get("global_batch") or point.batch
+    changes = sorted((r["step"], r["global_batch"]) for r in records if r["event"] == "batch")
+    out["samples_to_target"] = _samples_to(steps, first, changes) if steps else None
+    out["final_batch"] = changes[-1][1] if changes else first
     spe = start.get("steps_per_epoch")
-    out["epochs_to_target"] = steps / spe if steps and spe else None
+    out["epochs_to_target"] = out["samples_to_target"] / (spe * first) if steps and spe else None
     # running time until the evaluation that reached it (evaluations included, restarts' redone work not)
     out["wall_s_to_target"] = next(t for r, t in zip(records, elapsed(records, segments)) if r is hit) if hit else None
     last_step = records[-1]["step"] if records else 0
@@ -59,7 +63,7 @@ def row(plan, point, folder):
     # one B_crit is about (a moving average over the last ~1/(1 - train.noise_decay) measured steps)
     out["noise_scale_at_target"] = noise[-1] if noise else None
     out["noise_biased"] = any(r.get("noise_biased") for r in trains)  # 1 rank, 1 micro-step: biased upwards
-    out["samples_per_s"] = _samples_per_s(trains, point.batch)
+    out["samples_per_s"] = _samples_per_s(trains, point.batch) if not changes else _mean_rate(trains, first)
     out["wall_s"] = sum(b - a for a, b in segments) if segments else None
     return out
 
@@ -77,6 +81,29 @@ def _final_train_accuracy(trains, fraction=0.1):
         if (r["step"] > (1 - fraction) * last or r is trains[-1]) and _finite(r.get("accuracy")) and n > 0:
             acc, steps = acc + n * r["accuracy"], steps + n
     return acc / steps if steps else None
+
+
+def _samples_to(steps, first, changes):
+    """Samples trained in the first ``steps`` steps, the batch changing after the steps of ``changes``
+    ((step, new global batch), from ``train.batch_size = "auto"``)."""
+    total, prev, batch = 0, 0, first
+    for step, new in changes:
+        if step >= steps:
+            break
+        total, prev, batch = total + (step - prev) * batch, step, new
+    return total + (steps - prev) * batch
+
+
+def _mean_rate(trains, first):
+    """Throughput of a run whose batch grew: each train line's window weighted by its samples."""
+    samples = seconds = 0.0
+    prev = trains[0]["step"] if trains else 0
+    for r in trains[1:]:
+        n, prev = r["step"] - prev, r["step"]
+        b = r.get("global_batch") or first
+        if n > 0 and _finite(r.get("samples_per_s")) and r["samples_per_s"] > 0:
+            samples, seconds = samples + n * b, seconds + n * b / r["samples_per_s"]
+    return samples / seconds if seconds else None
 
 
 def _samples_per_s(trains, batch):

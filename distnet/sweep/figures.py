@@ -127,7 +127,7 @@ def _curves(plt, folder, plan, best):
     """The target split's accuracy (or loss) against steps for every point, coloured by batch size; the
     best rate of each batch size drawn solid, the others faint."""
     metric = plan.target.partition("=")[0]
-    batches = sorted({p.batch for p in plan.points})
+    batches = sorted({p.batch for p in plan.points if not p.auto})
     cmap = plt.get_cmap("viridis")
     color = {b: cmap(i / max(1, len(batches) - 1)) for i, b in enumerate(batches)}
     rows = {}
@@ -140,6 +140,9 @@ def _curves(plt, folder, plan, best):
             continue
         rows[p.name] = ev
         drawn.add(p.batch)
+        if p.auto:  # the adaptive batch: black, dashed
+            ax.plot([r["step"] for r in ev], [r[metric] for r in ev], color="k", ls="--", lw=1, alpha=0.7)
+            continue
         chosen = p.name in best or not best
         ax.plot([r["step"] for r in ev], [r[metric] for r in ev], color=color[p.batch], lw=1.3 if chosen else 0.8,
                 alpha=0.9 if chosen else 0.3)
@@ -159,6 +162,8 @@ def _curves(plt, folder, plan, best):
     from matplotlib.lines import Line2D
 
     handles = [Line2D([], [], color=color[b], lw=1.3, label=f"batch {b}") for b in sorted(drawn)]
+    if any(p.auto for p in plan.points):
+        handles.append(Line2D([], [], color="k", ls="--", lw=1, label="auto"))
     ax.legend(handles=handles + [target], fontsize=7, ncol=2,
               title="best rate solid, others faint" if best else None, title_fontsize=7)
     return save(fig, folder / FIGURES["curves"]).name

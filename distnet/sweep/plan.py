@@ -65,6 +65,7 @@ class Point:
     lr: float
     seed: int
     args: list = field(default_factory=list)  # distnet train arguments, relative to the sweep folder
+    auto: bool = False  # train.batch_size = "auto": from ``batch`` (the smallest size) up to the largest
 
 
 @dataclass
@@ -93,8 +94,8 @@ class Plan:
         return cls(**d)
 
 
-def point_name(batch, mult, seed):
-    return f"b{batch:05d}-lr{mult:g}-s{seed}"
+def point_name(batch, mult, seed, auto=False):
+    return f"bauto-lr{mult:g}-s{seed}" if auto else f"b{batch:05d}-lr{mult:g}-s{seed}"
 
 
 def make(args, cfg):
@@ -135,18 +136,20 @@ def make(args, cfg):
                      f"from lr {base_lr:g} at batch {base_batch})")
         oc["lr_scaling"] = "none"
     points = []
-    for b in sizes:
+    for b in sizes + (["auto"] if args.auto else []):
+        auto = b == "auto"
+        b = sizes[0] if auto else b
         for m in mults:
             for r in range(args.repeats):
                 seed = tc["seed"] + r
                 lr = scaled_lr(base_lr, base_batch, b, args.lr_rule) * m
-                points.append(Point(len(points), point_name(b, m, seed), b, m, lr, seed))
+                points.append(Point(len(points), point_name(b, m, seed, auto), b, m, lr, seed, auto=auto))
     plan = Plan(config=args.config, ranks=args.ranks, lr_rule=args.lr_rule, base_batch=base_batch,
                 base_lr=base_lr, target=f"{target[0]}={target[1]:g}", split=args.split, epochs=epochs,
                 resolution=args.resolution, full_curves=args.full_curves, points=points, notes=notes)
     train_size = _train_size(cfg)
     for p in points:
-        p.args = point_args(plan, p, train_size)
+        p.args = point_args(plan, p, train_size, sizes[-1])
     return plan, cfg
 
 
@@ -163,13 +166,17 @@ def _train_size(cfg):
     return n - int(round(n * cfg["data"]["val_fraction"]))
 
 
-def point_args(plan, p, train_size):
+def point_args(plan, p, train_size, largest):
     """``distnet train`` arguments of point ``p``. Evaluations (and train lines) come every ``resolution``
     of an epoch at first and then as the step count grows by ``resolution``: the step at which the target is
-    met is known to within that fraction wherever it takes an epoch or more."""
+    met is known to within that fraction wherever it takes an epoch or more. An "auto" point starts at the
+    smallest batch size with its rate and grows up to the largest, its rate following the sweep's rule."""
     steps_per_epoch = max(1, train_size // p.batch)
     gap = max(1, int(plan.resolution * steps_per_epoch))
-    args = ["train", "config.toml", "--batch-size", str(p.batch), "--lr", repr(p.lr), "--seed", str(p.seed),
+    batch = ["auto", "--set", f"train.batch_min={p.batch}", "--set", f"train.batch_max={largest}",
+             "--set", f'optimizer.lr_scaling="{plan.lr_rule}"', "--set", f"optimizer.base_batch={p.batch}"] \
+        if p.auto else [str(p.batch)]
+    args = ["train", "config.toml", "--batch-size", *batch, "--lr", repr(p.lr), "--seed", str(p.seed),
             "--epochs", str(plan.epochs), "--metrics", f"{p.name}/metrics.jsonl",
             "--checkpoint-dir", f"{p.name}/ckpt", "--progress", "lines",
             "--set", f"train.eval_growth={plan.resolution!r}", "--set", f"train.eval_every={gap}",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from . import collect, fit as F
 
-COLUMNS = ["point", "batch", "lr_mult", "lr", "seed", "status", "best_lr", "steps_to_target", "samples_to_target",
+COLUMNS = ["point", "batch", "auto", "final_batch", "lr_mult", "lr", "seed", "status", "best_lr", "steps_to_target", "samples_to_target",
            "epochs_to_target", "wall_s_to_target", "steps_run", "epochs_run", "best_val_accuracy",
            "best_test_accuracy", "final_train_accuracy", "final_test_accuracy", "generalization_gap",
            "noise_scale_mean", "noise_scale_at_target", "noise_biased", "samples_per_s", "wall_s"]
@@ -66,7 +66,10 @@ def write(plan, folder, figures=True):
     """Collect every point and write results.csv and report.md (and the figures); returns the rows."""
     folder = Path(folder)
     rows = [collect.row(plan, p, folder) for p in plan.points]
-    per_batch, f, noise = summarize(rows)
+    fixed = [r for r in rows if not r["auto"]]
+    per_batch, f, noise = summarize(fixed)
+    for r in rows:
+        r.setdefault("best_lr", False)
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
@@ -79,7 +82,7 @@ def write(plan, folder, figures=True):
         from . import figures as G
 
         try:
-            made = G.draw(plan, folder, rows, per_batch, f, noise[0])
+            made = G.draw(plan, folder, fixed, per_batch, f, noise[0])
         except UserError as e:  # no matplotlib: the tables still count; say how to get the figures
             missing = str(e)
             print(f"distnet sweep: no figures: {missing}", file=sys.stderr)
@@ -117,6 +120,28 @@ def _n(v, digits=3):
 
 def _pct(v):
     return "–" if v is None else f"{100 * v:.1f}"
+
+
+def adaptive(rows, per_batch):
+    """The "auto" points (``--auto``) beside the best fixed batch by time and by samples."""
+    auto = [r for r in rows if r["auto"]]
+    if not auto:
+        return []
+    out = ["## Adaptive batch (`train.batch_size = \"auto\"`)", "",
+           "Grown at epoch ends toward the measured noise scale, from the smallest batch size up to the largest, "
+           "the rate following the sweep's rule.", "",
+           "| point | status | steps to target | samples | time to target s | final batch | best test % |",
+           "|---|---|---:|---:|---:|---:|---:|"]
+    for r in auto:
+        out.append(f"| {r['point']} | {r['status']} | {_n(r['steps_to_target'])} | {_n(r['samples_to_target'])} "
+                   f"| {_n(r['wall_s_to_target'])} | {_n(r['final_batch'])} | {_pct(r['best_test_accuracy'])} |")
+    timed = [d for d in per_batch if d["wall_s_to_target"] is not None]
+    if timed:
+        t = min(timed, key=lambda d: d["wall_s_to_target"])
+        e = min(per_batch, key=lambda d: d["samples_to_target"])
+        out += ["", f"Best fixed batch by time to target: {t['batch']} ({_n(t['wall_s_to_target'])} s, "
+                f"{_n(t['steps_to_target'])} steps); by samples: {e['batch']} ({_n(e['samples_to_target'])})."]
+    return out + [""]
 
 
 def markdown(plan, rows, per_batch, f, noise, figures):
@@ -178,6 +203,7 @@ def markdown(plan, rows, per_batch, f, noise, figures):
     for key in ("steps", "samples", "accuracy", "curves"):
         if FIGURES[key] in figures:
             out.append(f"![{key}]({FIGURES[key]})")
+    out += [""] + adaptive(rows, per_batch)
     out += ["", "## All points", "",
             "| point | status | steps to target | best val % | best test % | final train % | train − test % "
             "| noise scale: mean, at target | samples/s | time s |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
