@@ -28,14 +28,21 @@ def load(path):
     start = next((r for r in records if r["event"] == "start"), {})
     batch = start.get("global_batch") or next((r.get("global_batch") for r in records if r.get("global_batch")), None)
     label = p.parent.name if p.stem == "metrics" and p.parent.name else p.stem
-    return label, records, elapsed(records, segments), batch
+    changes = sorted((r["step"], r["global_batch"]) for r in records if r["event"] == "batch")
+    return label, records, elapsed(records, segments), (batch, changes)
 
 
 def _x(kind, rec, t, batch):
     if kind == "steps":
         return rec["step"]
-    if kind == "samples":
-        return rec["step"] * batch
+    if kind == "samples":  # the batch may grow at epoch ends (train.batch_size = "auto": "batch" lines)
+        first, changes = batch
+        total, prev, b = 0, 0, first
+        for step, new in changes:
+            if step >= rec["step"]:
+                break
+            total, prev, b = total + (step - prev) * b, step, new
+        return total + (rec["step"] - prev) * b
     return t
 
 
@@ -43,7 +50,7 @@ def main(args):
     x_kind = getattr(args, "x", None) or "steps"
     runs = [load(r) for r in args.runs]
     if x_kind == "samples":
-        missing = [lab for lab, _, _, b in runs if not b]
+        missing = [lab for lab, _, _, (b, _) in runs if not b]
         if missing:
             raise UserError(f"--x samples: {', '.join(missing)} does not say its global batch (no start line)")
     out = Path(args.out) if args.out else Path(args.runs[0]).with_suffix(".png")
@@ -82,6 +89,7 @@ def main(args):
     if noise:
         axes["noise_scale"].set_yscale("log")
     axes["loss"].set_yscale("log")
+    fig.tight_layout()
     save(fig, out)
     print(f"distnet plot: wrote {out}")
     return 0
