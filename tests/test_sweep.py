@@ -136,6 +136,13 @@ def test_slurm_array_script_and_report_of_the_points_run(tmp_path, spirals_data,
     plan = json.loads((out / "sweep.json").read_text())
     assert [p["name"] for p in plan["points"]][:3] == ["b00256-lr0.5-s0", "b00256-lr0.5-s1", "b00256-lr1-s0"]
     assert not list(out.glob("b0*"))  # nothing ran
+    import fcntl  # a point another process is running is left to it
+
+    (out / "b01024-lr1-s0").mkdir()
+    with open(out / "b01024-lr1-s0" / ".lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert main(["sweep", "--run-point", out, "6"]) == 2
+    assert "point b01024-lr1-s0 of" in capsys.readouterr().err
     # what one array task does (here without Slurm: mpiexec), then the collection
     r = run_distnet(["sweep", "--run-point", out, "6"], timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr

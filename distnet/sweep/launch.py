@@ -6,12 +6,14 @@ prefix such as ``flock -x /tmp/distnet-cpu.lock``. It runs in its own session so
 sweep can end all of it (a terminal's Ctrl-C, a batch system's SIGTERM), and in the sweep folder.
 """
 
+import fcntl
 import os
 import shlex
 import shutil
 import signal
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from .. import checkpoint as ckpt
@@ -86,6 +88,24 @@ def run_point(plan, point, folder, prefix=""):
     folder = Path(folder)
     pdir = folder / point.name
     pdir.mkdir(parents=True, exist_ok=True)
+    with _point_lock(pdir, point):
+        return _run(plan, point, folder, pdir, prefix)
+
+
+@contextmanager
+def _point_lock(pdir, point):
+    """One process at a time runs a point (two sweeps started on one folder, an array task started twice
+    would both write its metrics and checkpoints); the lock goes with the process, however it ends."""
+    with open(pdir / ".lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"point {point.name} of {pdir.parent} is being run by another process (another "
+                            "distnet sweep on this folder?): let it finish or stop it, then run again") from None
+        yield
+
+
+def _run(plan, point, folder, pdir, prefix):
     cmd, env = command(plan, point, folder, prefix)
     if "--resume" not in cmd:
         (pdir / "metrics.jsonl").unlink(missing_ok=True)  # a start that wrote no checkpoint: start afresh
