@@ -423,9 +423,11 @@ def test_scancel_ends_every_rank_on_every_node(slurm, spirals_data, tmp_path):
 
 def test_the_time_limit_warning_stops_with_a_checkpoint_and_the_requeued_job_finishes_alike(
         slurm, reference, spirals_data, tmp_path):
-    # rank 0 pauses before step 10 (DISTNET_FAULT=sleep), so that the warning lands in a running job
+    # rank 0 pauses before step 10 until it gets a signal (DISTNET_FAULT=sleep), so that the warning lands in a
+    # running job however slowly Slurm passes it on
     cmd, env = sbatch(slurm, tmp_path, [*TRAIN, "--data", spirals_data], "--parsable", "--requeue",
-                      "--open-mode=append", env={"DISTNET_FAULT": "sleep@0:10", "DISTNET_REQUEUE_ON_TIMEOUT": "1"})
+                      "--open-mode=append", env={"DISTNET_FAULT": "sleep@0:10", "DISTNET_FAULT_SLEEP_S": "100",
+                                           "DISTNET_REQUEUE_ON_TIMEOUT": "1"})
     r = on("h1", cmd, env=env)
     assert r.returncode == 0, r.stderr
     job = r.stdout.strip().split(";")[0]
@@ -440,10 +442,15 @@ def test_the_time_limit_warning_stops_with_a_checkpoint_and_the_requeued_job_fin
     stop = [m for m in metrics(tmp_path / f"{job}.jsonl") if m["event"] == "stop"]
     assert len(stop) == 1 and stop[0]["signal"] == "SIGUSR1" and stop[0]["ranks"] == [0, 1], stop
     assert (tmp_path / job / f"ckpt-{stop[0]['step']:09d}.h5").exists()
-    r = on("h1", ["scontrol", "update", f"JobId={job}", "StartTime=now"], env=slurm)
-    assert r.returncode == 0, r.stderr
-    wait_until("the requeued job's end", lambda: "JobState=COMPLETED" in on(
-        "h1", ["scontrol", "-o", "show", "job", job], env=slurm).stdout, 120)
+
+    def finished():  # a requeued job waits two minutes before it may start again: let it start now, as often
+        # as it is pending (the requeue, from inside the running job, may set that delay again after an update)
+        state = on("h1", ["scontrol", "-o", "show", "job", job], env=slurm).stdout
+        if "JobState=PENDING" in state:
+            on("h1", ["scontrol", "update", f"JobId={job}", "StartTime=now"], env=slurm)
+        return "JobState=COMPLETED" in state
+
+    wait_until("the requeued job's end", finished, 180)
     text = out.read_text()
     assert "requeueing job" in text and "resuming from the newest checkpoint" in text, text
     assert summary(metrics(tmp_path / f"{job}.jsonl"))["param_hash"] == summary(reference)["param_hash"]

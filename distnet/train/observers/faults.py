@@ -1,12 +1,13 @@
 """Fault injection for testing failure handling: ``DISTNET_FAULT=KIND@RANK:STEP``.
 
 KIND is ``raise`` (an exception on that rank), ``nan`` (non-finite inputs, hence loss, on that rank),
-``crash`` (the process dies without a word, as if killed), ``sleep`` (the rank pauses ``SLEEP_S`` seconds
-before that step, as a slow node would: the others wait for it in the step) or ``slow-save`` (after that step
-every rank goes off the clock, the rank pauses as long, and all meet in a barrier: what ``Checkpoints.save``
-does when rank 0 writes to a slow file system). Used by the test suite; harmless
-when the variable is unset. Under ``distnet run`` a fault fires on the first attempt only
-(``DISTNET_ATTEMPT`` = 0), so that the restarted job can show that it recovers.
+``crash`` (the process dies without a word, as if killed), ``sleep`` (the rank pauses before that step, as a
+slow node would: the others wait for it in the step) or ``slow-save`` (after that step every rank goes off
+the clock, the rank pauses, and all meet in a barrier: what ``Checkpoints.save`` does when rank 0 writes to a
+slow file system). A pause lasts ``DISTNET_FAULT_SLEEP_S`` seconds (3), or until the process is sent a stop
+signal, so that a test can make it long and still land a signal in it. Used by the test suite; harmless when
+the variable is unset. Under ``distnet run`` a fault fires on the first attempt only (``DISTNET_ATTEMPT`` =
+0), so that the restarted job can show that it recovers.
 """
 
 import os
@@ -16,10 +17,17 @@ import numpy as np
 
 from ...errors import ConfigError
 from .base import Observer
+from .signals import received
 
 
 KINDS = ("raise", "nan", "crash", "sleep", "slow-save")
-SLEEP_S = 3.0
+
+
+def pause():
+    """Sleep DISTNET_FAULT_SLEEP_S seconds, or until this process received a stop signal."""
+    end = time.monotonic() + float(os.environ.get("DISTNET_FAULT_SLEEP_S", "3"))
+    while time.monotonic() < end and not received():
+        time.sleep(0.02)
 
 
 class FaultInjector(Observer):
@@ -49,7 +57,7 @@ class FaultInjector(Observer):
         if self.kind == "crash":
             os._exit(9)
         if self.kind == "sleep":
-            time.sleep(SLEEP_S)
+            pause()
         if self.kind == "nan":
             x[...] = np.nan  # the reader's batch is a fresh array
 
@@ -57,5 +65,5 @@ class FaultInjector(Observer):
         if self.saving and stats.step == self.step:
             with run.off_clock():
                 if self.armed:
-                    time.sleep(SLEEP_S)
+                    pause()
                 run.world.barrier()

@@ -19,6 +19,12 @@ from .log import epoch_label
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 EXIT_STOPPED = 3  # the exit code of a run stopped by a signal: not finished, resumable (see the README)
+_received = []  # the signals this process was sent while a Signals observer listened
+
+
+def received():
+    """Whether this process has been sent a stop signal (the test faults' pauses end on it)."""
+    return bool(_received)
 
 
 class Stopped(Stop):
@@ -47,6 +53,7 @@ class Signals(Observer):
 
     def _handle(self, signum, frame):
         name = signal.Signals(signum).name
+        _received.append(name)
         if self.pending is None and self.stopped is None:
             self.pending = name
             return
