@@ -131,13 +131,13 @@ def torch_model(layer_specs, input_shape):
     return nn.Sequential(*mods)
 
 
-def load_train(data):
-    """The whole train split as standardized float32 NCHW and int64 labels (numpy), as distnet reads it."""
+def load_train(data, split="train"):
+    """The whole train split (or SPLIT) as standardized float32 NCHW and int64 labels (numpy), as distnet reads it."""
     import h5py
     import numpy as np
 
     xs, ys = [], []
-    for path in sorted((Path(data) / "train").glob("*.h5")):
+    for path in sorted((Path(data) / split).glob("*.h5")):
         with h5py.File(path, "r") as f:
             x = f["x"][...]
             xs.append(x.reshape(len(x), 1, *x.shape[1:]) if x.ndim == 3 else x)
