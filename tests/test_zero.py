@@ -28,7 +28,8 @@ def test_parts_are_consecutive_and_uneven():
 
 
 @pytest.mark.parametrize("n,optimizer", [(2, []), (3, []), (3, ["--set", "optimizer.name=momentum",
-                                                                 "--set", "optimizer.weight_decay=0.01"])])
+                                                                 "--set", "optimizer.weight_decay=0.01"]),
+                                         (2, ["--accumulate", "2"])])
 def test_zero_matches_the_replicated_optimizer_bitwise(tmp_path, spirals_data, n, optimizer):
     args = ["--epochs", "1", *F64, *optimizer]
     a, oa = train(tmp_path, "rep", spirals_data, n=n, extra=args)
