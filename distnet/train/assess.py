@@ -17,7 +17,7 @@ from ..errors import UserError
 from ..layers.activations import sigmoid
 from ..losses import BinaryCrossEntropy, SoftmaxCrossEntropy
 
-MARGINS = np.round(np.arange(0, 1.0001, 0.01), 2)  # the reject curve's margins on the scores
+MARGINS = np.round(np.arange(0, 1, 0.01), 2)  # the reject curve's margins: 0..0.99 (at 1 only saturated scores pass)
 RULES = ("mean", "vote")
 
 
