@@ -54,8 +54,8 @@ SCHEMA = {
         "max_skips": (int, 10),
         "max_steps": (int, 0),          # stop after this many steps (0 = all epochs)
         "log_every": (int, 50),         # steps between train metric lines
-        "noise_every": (int, 1),        # measure the gradient noise scale every this many steps (0 = off)
-        "noise_decay": (NUM, 0.99),     # its moving averages' decay per measured step
+        "noise_every": (int, 4),        # measure the gradient noise scale every this many steps (0 = off)
+        "noise_decay": (NUM, 0.95),     # its moving averages' decay per measured step (~80 steps at every 4)
     },
     # [optimizer] and [schedule] take the keys of the optimizer or schedule they name (see distnet.optim
     # and distnet.schedules); their factories check them. These are the keys the trainer itself reads:

@@ -48,6 +48,7 @@ epochs = 1000
 max_steps = 2048
 batch_size = 64
 log_every = 2048
+noise_every = 1
 noise_decay = 0.9999
 [optimizer]
 name = "sgd"
@@ -130,7 +131,7 @@ def test_one_rank_without_accumulation_falls_back_and_says_it_is_biased(tmp_path
 
 def test_estimator_formulas_recover_known_terms_and_the_bias_correction():
     # E|G_b|² = |G|² + tr/b exactly: the estimator must return |G|² = 2 and tr = 64, whatever b < B
-    est = NoiseScale(decay=0.9)
+    est = NoiseScale(every=1, decay=0.9)
     est.update(2 + 64 / 8, 8, 2 + 64 / 32, 32)
     assert est.value() == pytest.approx((32.0, 64.0, 2.0))  # one step: the bias correction undoes (1 - 0.9)
     est.update(2 + 64 / 4, 4, 2 + 64 / 64, 64)

@@ -24,7 +24,7 @@ import numpy as np
 class NoiseScale:
     """Smoothed estimates of |G|² and tr(Σ) from each measured step; ``every`` steps (0 = never)."""
 
-    def __init__(self, every=1, decay=0.99, fallback=False):
+    def __init__(self, every=4, decay=0.95, fallback=False):
         self.every, self.decay, self.fallback = int(every), float(decay), bool(fallback)
         self.ema_grad_sq = self.ema_trace = 0.0
         self.count = 0  # measured steps so far (the bias correction's exponent)
