@@ -91,8 +91,9 @@ SCHEMA = {
         "bucket_mb": (NUM, 1.0),        # gradient bucket size
         "overlap": (bool, True),        # start each bucket's allreduce during backward
         "split_mb": (NUM, 0.25),        # send the first layer's dW in row blocks of this size (0 = whole)
-        "stall_warn_s": (NUM, 60),      # a wait in the step this long: name the ranks that have not come
-        "stall_abort_s": (NUM, 600),    # ... this long: abort the job, exit 1 (0 = never)
+        "stall_warn_s": (NUM, 60),        # a wait on a collective this long: name the ranks that have not come
+        "stall_abort_s": (NUM, 600),      # ... in the training step this long: abort, exit 1 (0 = never)
+        "stall_io_abort_s": (NUM, 3600),  # ... elsewhere (setup, evaluation, checkpoints) this long: abort
     },
 }
 
@@ -346,7 +347,7 @@ def validate(cfg, label="config"):
     pf = cfg["data"]["prefetch"]
     if pf != "auto" and (not isinstance(pf, int) or pf < 0):
         raise ConfigError(f"config key data.prefetch must be \"auto\" or a number of batches >= 0, got {pf!r}")
-    for key in ("stall_warn_s", "stall_abort_s"):
+    for key in ("stall_warn_s", "stall_abort_s", "stall_io_abort_s"):
         if cfg["comm"][key] < 0:
             raise ConfigError(f"config key comm.{key} must be >= 0 seconds (0 = never)")
     if cfg["comm"]["split_mb"] < 0:

@@ -183,10 +183,27 @@ def test_a_stopped_rank_is_named_and_the_job_ends_after_the_abort_time(tmp_path,
 
 
 def test_a_slow_checkpoint_write_is_not_taken_for_a_stall(tmp_path, spirals_data):
-    # rank 0 spends 3 s off the clock after step 10 (as writing to a slow file system); the watchdog would
-    # abort a step's wait after 2 s, but the others wait for off-clock work outside the step
+    # rank 0 spends 3 s off the clock after step 10 (as writing to a slow file system); a step's wait would be
+    # aborted after 2 s, but the others wait for off-clock work in the observers' phase, which only warns
+    # until comm.stall_io_abort_s (an hour by default)
     r = run_distnet(["train", "spirals-mlp", "--data", spirals_data, "--quiet", "--set", "train.max_steps=20",
                      "--set", "comm.stall_warn_s=1", "--set", "comm.stall_abort_s=2"], n=2, timeout=120,
                     env={"DISTNET_FAULT": "slow-save@0:10"})
     assert r.returncode == 0, r.stderr
-    assert "stall" not in r.stderr, r.stderr
+    assert "distnet: error" not in r.stderr, r.stderr
+    warnings = [line for line in r.stderr.splitlines() if "stall" in line]
+    assert all(line.startswith("distnet: warning: stall:") and "(eval/checkpoint)" in line for line in warnings), \
+        r.stderr
+
+
+def test_a_wait_outside_the_step_is_bounded_too(tmp_path, spirals_data):
+    # the same slow write, now longer than comm.stall_io_abort_s: the waiting rank names rank 0 and ends the job
+    r = run_distnet(["train", "spirals-mlp", "--data", spirals_data, "--quiet", "--set", "train.max_steps=20",
+                     "--set", "comm.stall_warn_s=1", "--set", "comm.stall_io_abort_s=2"], n=2, timeout=120,
+                    env={"DISTNET_FAULT": "slow-save@0:10", "DISTNET_FAULT_SLEEP_S": "60"})
+    assert r.returncode == 1, r.stderr
+    error = [line for line in r.stderr.splitlines() if line.startswith("distnet: error: stall:")]
+    assert len(error) == 1, r.stderr
+    assert "at step 10 (eval/checkpoint) for rank 0 (host" in error[0], error[0]
+    assert "comm.stall_io_abort_s = 2" in error[0]
+    assert "Traceback" not in r.stderr

@@ -11,16 +11,20 @@ training step (phase "step") only:
   was last seen: its own answer, or for a silent rank the last collective every rank had joined;
 - after ``abort_s`` (``comm.stall_abort_s``, 0 = never) that rank prints the line again as an error and
   aborts the job (exit 1); the other waiting ranks abort a little later in case it cannot.
-Waits outside the step (setup, evaluation, checkpoints: phases whose length depends on a file system) are not
-bounded; work one rank does alone there (rank 0 writing a checkpoint) ends in a collective of the observer
-doing it, so a rank writing a checkpoint slowly is never waited for inside the next step.
+Waits outside the step (setup, evaluation, checkpoints: phases whose length depends on a file system, and
+where a rank busy writing cannot answer a probe) are bounded too, but with their own, longer limit:
+``io_abort_s`` (``comm.stall_io_abort_s``, an hour by default, 0 = never). They warn at ``warn_s`` like the
+step, the line saying which phase the waiting rank is in, so a slow checkpoint write shows in the log
+without ending the job, while a rank that never comes back still does. Work one rank does alone there
+(rank 0 writing a checkpoint) ends in a collective of the observer doing it, so a rank writing a
+checkpoint slowly is waited for in that phase, never inside the next step.
 """
 
 import sys
 import time
 
 PROBE, ANSWER = 71, 72  # tags on the control communicator
-WATCHED = "step"  # the phase whose waits are bounded
+WATCHED = "step"  # the phase bounded by abort_s; the others by io_abort_s
 
 
 def _ranks(ranks):
@@ -33,9 +37,9 @@ class Watchdog:
     answer_s = 1.0  # how long a probed rank that is waiting may take to answer
     grace_s = 3.0  # the other waiting ranks abort this long after the reporting rank should have
 
-    def __init__(self, w, warn_s=0.0, abort_s=0.0):
+    def __init__(self, w, warn_s=0.0, abort_s=0.0, io_abort_s=0.0):
         self.w = w
-        self.warn_s, self.abort_s = warn_s, abort_s
+        self.warn_s, self.abort_s, self.io_abort_s = warn_s, abort_s, io_abort_s
         self.seen = (0, "setup")  # the (step, phase) of this rank's last finished wait: every rank joined it
         self.probe = 0  # the number of this rank's latest probe (answers to older ones are dropped)
         self.sending = []  # requests of messages still on their way
@@ -52,8 +56,9 @@ class Watchdog:
                 if now >= look:
                     look = now + self.tick_s
                     self._answer(now - start)
-                    if w.phase == WATCHED and (self.warn_s or self.abort_s):
-                        stall = self._check(stall, now - start)
+                    abort_s = self.abort_s if w.phase == WATCHED else self.io_abort_s
+                    if self.warn_s or abort_s:
+                        stall = self._check(stall, now - start, abort_s)
         self.seen = (w.step, w.phase)
 
     def _answer(self, waited):
@@ -65,9 +70,10 @@ class Watchdog:
         if self.sending and w.testall(self.sending):
             self.sending = []
 
-    def _check(self, stall, waited):
-        """One look at a stalled wait; ``stall`` is what earlier looks learnt (None before the first probe)."""
-        first = min(s for s in (self.warn_s, self.abort_s) if s > 0)
+    def _check(self, stall, waited, abort_s):
+        """One look at a stalled wait; ``stall`` is what earlier looks learnt (None before the first probe);
+        ``abort_s`` is the limit of the phase waited in (0 = never)."""
+        first = min(s for s in (self.warn_s, abort_s) if s > 0)
         if stall is None:
             if waited < first:
                 return None
@@ -84,13 +90,18 @@ class Watchdog:
         if self.warn_s and not stall["warned"] and waited >= self.warn_s:
             stall["warned"] = True
             if self.w.rank == reporter:
-                print(f"distnet: warning: {self.message(stall['answers'], waited)}", file=sys.stderr, flush=True)
-        if self.abort_s and waited >= self.abort_s:
+                slow = "" if self.w.phase == WATCHED else (
+                    " (outside the step a rank busy writing a checkpoint or reading on a slow file system does not "
+                    f"answer either; comm.stall_io_abort_s = {abort_s:g} ends the wait)")
+                print(f"distnet: warning: {self.message(stall['answers'], waited)}{slow}", file=sys.stderr,
+                      flush=True)
+        if abort_s and waited >= abort_s:
             if self.w.rank == reporter:
+                key = "stall_abort_s" if self.w.phase == WATCHED else "stall_io_abort_s"
                 print(f"distnet: error: {self.message(stall['answers'], waited)}; aborting the job "
-                      f"(comm.stall_abort_s = {self.abort_s:g})", file=sys.stderr, flush=True)
+                      f"(comm.{key} = {abort_s:g})", file=sys.stderr, flush=True)
                 self.w.abort(1)
-            elif waited >= self.abort_s + self.grace_s:
+            elif waited >= abort_s + self.grace_s:
                 self.w.abort(1)
         return stall
 

@@ -33,15 +33,17 @@ class SerialWorld:
 
     @contextmanager
     def in_phase(self, phase):
-        """``with w.in_phase("eval"): ...``: waits inside are in that phase (the watchdog bounds only "step")."""
+        """``with w.in_phase("eval"): ...``: waits inside are in that phase (the watchdog bounds "step" by
+        ``abort_s`` and every other phase by ``io_abort_s``)."""
         before, self.phase = self.phase, phase
         try:
             yield
         finally:
             self.phase = before
 
-    def watch(self, warn_s, abort_s):
-        """Bound waits in the training step: warn after ``warn_s``, abort after ``abort_s`` (0 = never)."""
+    def watch(self, warn_s, abort_s, io_abort_s=0.0):
+        """Bound waits: warn after ``warn_s``; abort after ``abort_s`` in the training step and after
+        ``io_abort_s`` elsewhere (setup, evaluation, checkpoints); 0 = never."""
 
     def allreduce(self, arr):
         """Sum ``arr`` over ranks, in place; returns it."""
@@ -105,8 +107,8 @@ class MPIWorld(SerialWorld):
         self.whois = self.comm.allgather((socket.gethostname(), os.getpid()))
         self.watchdog = Watchdog(self)
 
-    def watch(self, warn_s, abort_s):
-        self.watchdog.warn_s, self.watchdog.abort_s = warn_s, abort_s
+    def watch(self, warn_s, abort_s, io_abort_s=0.0):
+        self.watchdog.warn_s, self.watchdog.abort_s, self.watchdog.io_abort_s = warn_s, abort_s, io_abort_s
 
     def allreduce(self, arr):
         if self.size > 1:

@@ -23,10 +23,10 @@ from .step import step
 
 
 def tell(run, observers, event, *args):
-    """Tell every observer of an event. Their waits are not the step's: the watchdog leaves them unbounded,
-    since evaluation and checkpoints take as long as their file system does. (Work that one rank does alone,
-    such as rank 0 writing a checkpoint, ends in a collective inside the observer, so the others wait for it
-    here rather than in the next step.)"""
+    """Tell every observer of an event. Their waits are not the step's: the watchdog bounds them by the
+    longer ``comm.stall_io_abort_s``, since evaluation and checkpoints take as long as their file system does.
+    (Work that one rank does alone, such as rank 0 writing a checkpoint, ends in a collective inside the
+    observer, so the others wait for it here rather than in the next step.)"""
     with run.world.in_phase("eval/checkpoint"):
         for o in observers:
             getattr(o, event)(run, *args)
@@ -90,7 +90,8 @@ def train(cfg, blas_threads=None, observers=()):
     """Run training as ``cfg`` says (every command-line flag is already in it), with ``observers`` after the
     standard ones; returns a ``Result``."""
     w = comm.world()
-    w.watch(cfg["comm"]["stall_warn_s"], cfg["comm"]["stall_abort_s"])
+    cc = cfg["comm"]
+    w.watch(cc["stall_warn_s"], cc["stall_abort_s"], cc["stall_io_abort_s"])
     signals = Signals(w)  # after MPI's start (MPICH takes SIGUSR1 there); a signal from now on stops cleanly
     signals.install()
     try:
