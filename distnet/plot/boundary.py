@@ -47,11 +47,10 @@ def scores(model, loss, reader, points):
 
 
 def main(args):
-    from matplotlib.colors import to_rgb
-
     from ..data import BatchReader
 
-    plt = pyplot()
+    plt = pyplot()  # first: without matplotlib, the one-line message naming the extra
+    from matplotlib.colors import to_rgb
     path, model, loss, split = load(args)
     with BatchReader(split, mode="memory", prefetch=0) as reader:
         x, y = reader.raw(np.arange(len(split)))
