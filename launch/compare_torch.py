@@ -122,6 +122,9 @@ def torch_model(layer_specs, input_shape):
             mods.append(nn.MaxPool2d(spec["kernel_size"], spec.get("stride")))
         elif kind == "dropout":
             mods.append(nn.Dropout(spec.get("p", 0.5)))
+        elif kind == "batchnorm":  # distnet's defaults: momentum 0.1, eps 1e-5, as PyTorch's
+            norm = nn.BatchNorm2d if len(shape) == 4 else nn.BatchNorm1d
+            mods.append(norm(c, eps=spec.get("eps", 1e-5), momentum=spec.get("momentum", 0.1)))
         elif kind in ("relu", "flatten"):
             mods.append(nn.ReLU() if kind == "relu" else nn.Flatten())
         else:

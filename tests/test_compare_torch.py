@@ -79,7 +79,7 @@ def test_tiny_comparison(fashion_data, tmp_path, capsys):
 
 
 def test_torch_replicas_of_the_fashion_presets_have_distnets_parameter_count():
-    """The PyTorch side builds every layer type the Fashion presets use (dropout since fashion-cnn has it)."""
+    """The PyTorch side builds every layer type the Fashion presets use (dropout and batch norm: fashion-cnn)."""
     from distnet import build
     from distnet import config as C
 
@@ -88,6 +88,7 @@ def test_torch_replicas_of_the_fashion_presets_have_distnets_parameter_count():
         layers = C.load(preset)["model"]["layers"]
         n = build.model(C.load(preset), (1, 28, 28)).num_params
         if not torch_importable():  # CI has no torch: the layer list must at least be one it knows
-            assert {spec["type"] for spec in layers} <= {"dense", "conv2d", "maxpool2d", "relu", "flatten", "dropout"}
+            known = {"dense", "conv2d", "maxpool2d", "batchnorm", "relu", "flatten", "dropout"}
+            assert {spec["type"] for spec in layers} <= known
             continue
         assert sum(p.numel() for p in mod.torch_model(layers, (1, 28, 28)).parameters()) == n
