@@ -218,3 +218,23 @@ def test_prefetch_keeps_order_and_stops_a_slow_producer():
     assert [next(p), next(p)] == [0, 1]
     within(5, p.close)
     assert not p.thread.is_alive()
+
+
+def test_memory_mode_copies_unless_every_local_rank_copy_would_exceed_the_budget(shapes_data, tmp_path):
+    """In memory a contiguous shard is read into RAM (faster random gathers than a memory map) while the
+    host's ranks' copies fit the budget, and mapped otherwise; both give the same batches."""
+    from distnet.data.sources import DataError, _read_exact
+
+    split = open_dataset(shapes_data)["train"]
+    rows = np.random.default_rng(3).permutation(len(split))[:50]
+    with BatchReader(split, mode="memory", memory_budget_bytes=4 * split.nbytes, local_ranks=2) as copied, \
+            BatchReader(split, mode="memory", memory_budget_bytes=4 * split.nbytes, local_ranks=8) as mapped:
+        assert not any(isinstance(a, np.memmap) for a in copied.source.arrays)
+        assert all(isinstance(a, np.memmap) for a in mapped.source.arrays)
+        for a, b in zip(copied.batch(rows), mapped.batch(rows)):
+            np.testing.assert_array_equal(a, b)
+    short = tmp_path / "short.bin"
+    short.write_bytes(bytes(range(10)))
+    np.testing.assert_array_equal(_read_exact(short, 2, np.empty(8, np.uint8)), np.arange(2, 10))
+    with pytest.raises(DataError, match="short.bin: ends 3 bytes before"):
+        _read_exact(short, 5, np.empty(8, np.uint8))

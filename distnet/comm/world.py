@@ -29,6 +29,7 @@ class SerialWorld:
     """A world of one, for machines without any MPI library."""
 
     rank, size = 0, 1
+    local_size = 1  # ranks on this rank's host (by host name), this one included
     step, phase = 0, "setup"  # where this rank is (the loop says): the watchdog reports and bounds by it
 
     @contextmanager
@@ -105,7 +106,9 @@ class MPIWorld(SerialWorld):
         self.ctl = self.comm.Dup()  # the watchdog's messages, apart from training's
         # who is who, known before anything can stall: a stall message names host and pid
         self.whois = self.comm.allgather((socket.gethostname(), os.getpid()))
+        self.local_size = sum(host == self.whois[self.rank][0] for host, _ in self.whois)
         self.watchdog = Watchdog(self)
+        self.windows = []  # shared-memory windows (``shared``); never freed: they live as long as the process
 
     def watch(self, warn_s, abort_s, io_abort_s=0.0):
         self.watchdog.warn_s, self.watchdog.abort_s, self.watchdog.io_abort_s = warn_s, abort_s, io_abort_s
@@ -155,6 +158,26 @@ class MPIWorld(SerialWorld):
 
     def barrier(self):
         self.waitall([self.comm.Ibarrier()])
+
+    def shared(self, counts, dtype):
+        """One array per rank, rank k's of ``counts[k]`` elements of ``dtype``, in memory that every rank reads
+        and writes directly (an MPI shared-memory window; collective, every rank on one host: ``local_size ==
+        size``). ``fence()`` makes the writes before it visible to every rank after it."""
+        MPI, dtype = self.MPI, np.dtype(dtype)
+        win = MPI.Win.Allocate_shared(int(counts[self.rank]) * dtype.itemsize, dtype.itemsize, comm=self.comm)
+        win.Lock_all(MPI.MODE_NOCHECK)  # one passive epoch for the window's life; fence() syncs within it
+        self.windows.append(win)
+        return [np.frombuffer(win.Shared_query(k)[0], dtype, count=int(c)) if c else np.zeros(0, dtype)
+                for k, c in enumerate(counts)]
+
+    def fence(self):
+        """Every rank's writes to ``shared`` arrays before this are visible to every rank after it (a memory
+        barrier on each window around a barrier of all ranks; the barrier is a watchdog-bounded wait)."""
+        for win in self.windows:
+            win.Sync()
+        self.barrier()
+        for win in self.windows:
+            win.Sync()
 
     # the watchdog's point-to-point messages (small objects on their own communicator)
     def post(self, dest, tag, obj):

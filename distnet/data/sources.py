@@ -7,6 +7,8 @@ from collections import OrderedDict
 import h5py
 import numpy as np
 
+from ..errors import DataError
+
 
 def by_shard(split, rows):
     """Yield (shard number, positions in ROWS, rows within that shard), rows sorted for locality."""
@@ -29,14 +31,24 @@ def runs(local):
 
 
 class MemorySource:
-    """All of x at hand: contiguous shards memory-mapped (no copy), compressed shards read into RAM."""
+    """All of x at hand: contiguous shards read into RAM (``copy``, the default) or memory-mapped, compressed
+    shards read into RAM.
 
-    def __init__(self, split):
+    A copy costs every process its own RAM where a map shares the page cache, but in a training loop it
+    gathers a batch's random rows five times faster: 0.04 against 0.20-0.28 ms for 64 Fashion-MNIST images
+    between steps that evict the caches (the map's 4 KiB pages miss the TLB, NumPy's large arrays get huge
+    pages), 7 % of fashion-mlp's step on 2 ranks. The reader maps instead when copies for every rank on the
+    host would not fit its memory budget.
+    """
+
+    def __init__(self, split, copy=True):
         self.split = split
         shape = split.input_shape
         self.arrays = []
         for s in split.shards:
-            if s.x_offset is not None:
+            if s.x_offset is not None and copy:
+                self.arrays.append(_read_exact(s.path, s.x_offset, np.empty((s.length, *shape), split.dtype)))
+            elif s.x_offset is not None:
                 self.arrays.append(np.memmap(s.path, split.dtype, "r", s.x_offset, (s.length, *shape)))
             else:
                 with h5py.File(s.path, "r") as f:
@@ -52,6 +64,20 @@ class MemorySource:
 
     def close(self):
         self.arrays = []
+
+
+def _read_exact(path, offset, out):
+    """Fill OUT with the bytes of PATH from OFFSET (a DataError when the file ends first)."""
+    view, got = memoryview(out).cast("B"), 0
+    with open(path, "rb", buffering=0) as f:
+        f.seek(offset)
+        while got < len(view):
+            n = f.readinto(view[got:])
+            if not n:
+                raise DataError(f"{path}: ends {len(view) - got} bytes before its x data does (a truncated copy?): "
+                                "prepare the dataset again")
+            got += n
+    return out
 
 
 class StreamSource:

@@ -197,7 +197,7 @@ def setup(cfg, w):
     if cfg["data"]["augment_shift"] or cfg["data"]["augment_flip"]:
         augment = Augment(cfg["data"]["augment_shift"], cfg["data"]["augment_flip"], seed=tc["seed"])
     reader = BatchReader(train_split, mode=cfg["data"]["reader"], dtype=model.dtype, augment=augment,
-                         prefetch=cfg["data"]["prefetch"])
+                         prefetch=cfg["data"]["prefetch"], local_ranks=w.local_size)
     total_steps = tc["epochs"] * sampler.steps_per_epoch
     lr0 = scale_lr(oc["lr"], oc["base_batch"], B, oc["lr_scaling"])
     sync = comm.sync.make(w, model, cfg["comm"])
