@@ -83,7 +83,8 @@ SCHEMA = {
     },
     "comm": {
         "sync": (str, "bucketed"),      # gradient-sync strategy: bucketed (overlapped) | flat (one allreduce)
-                                        # | zero (optimizer state sharded over the ranks) | fp16 | bf16
+                                        # | zero (optimizer state sharded over the ranks) | shm (zero
+                                        # through shared memory, one host) | fp16 | bf16
                                         # (16-bit gradients on the wire) | powersgd (low-rank gradients)
         "error_feedback": (bool, True),  # fp16/bf16/powersgd: carry what compression dropped to the next step
         "powersgd_rank": (int, 4),      # powersgd: rank of each matrix gradient's approximation
@@ -334,7 +335,7 @@ def validate(cfg, label="config"):
     choices = {("data", "reader"): ("auto", "memory", "stream"), ("train", "nonfinite"): ("stop", "skip"),
                ("model", "dtype"): ("float32", "float64"), ("optimizer", "lr_scaling"): ("none", "linear", "sqrt"),
                ("train", "loss"): tuple(LOSSES), ("log", "progress"): PROGRESS,
-               ("comm", "sync"): ("bucketed", "flat", "zero", "fp16", "bf16", "powersgd")}
+               ("comm", "sync"): ("bucketed", "flat", "zero", "shm", "fp16", "bf16", "powersgd")}
     for (section, key), allowed in choices.items():
         if cfg[section][key] not in allowed:
             raise ConfigError(f"config key {section}.{key} must be one of {', '.join(allowed)}, "

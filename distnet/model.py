@@ -104,6 +104,21 @@ class Sequential(Layer):
         self.grads = {f"{i}.{name}": self.layers[i].grads[name] for i, name, _ in self.param_index}
         self.buffers = {f"{i}.{n}": b for i, layer in enumerate(self.layers) for n, b in layer.buffers.items()}
 
+    def relocate(self, params, grads):
+        """Move the arena into ``params`` and ``grads`` (1-D arrays of its size and dtype that already hold
+        the values, shared memory say): the arena, every layer's views and the name maps point there after."""
+        for new, old in ((params, self.params_flat), (grads, self.grads_flat)):
+            if new.shape != old.shape or new.dtype != old.dtype:
+                raise ValueError(f"relocate: an arena of {old.shape} {old.dtype} needs arrays of that shape and "
+                                 f"dtype, got {new.shape} {new.dtype}")
+        self.params_flat, self.grads_flat = params, grads
+        for i, name, sl in self.param_index:
+            layer, shape = self.layers[i], self.layers[i].params[name].shape
+            layer.params[name] = params[sl].reshape(shape)
+            layer.grads[name] = grads[sl].reshape(shape)
+        self.params = {f"{i}.{name}": self.layers[i].params[name] for i, name, _ in self.param_index}
+        self.grads = {f"{i}.{name}": self.layers[i].grads[name] for i, name, _ in self.param_index}
+
     @property
     def num_params(self):
         if self.params_flat is None:  # not built yet: what the layers own so far

@@ -95,6 +95,7 @@ def step(run, x, y, index):
         if tc["clip_grad_norm"] > 0:
             clip_grad_norm(sync.summed(), tc["clip_grad_norm"], norm=gnorm)
         run.optimizer.step(lr)
+    sync.done()
     mark("optimizer")
     return Stats(step=t, loss_sum=float(totals[0]), correct=float(totals[1]), count=float(totals[2]),
                  grad_norm=gnorm, lr=lr, skipped=skipped, stop_votes=float(totals[4]), sync=sync.measures(),

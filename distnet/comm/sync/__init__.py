@@ -4,10 +4,11 @@ from .base import Flat, Rows, Sync
 from .bucketed import Bucketed
 from .compressed import Compressed
 from .powersgd import PowerSGD
+from .shm import SharedMemory
 from .zero import Zero
 
 STRATEGIES = {"bucketed": Bucketed, "flat": Flat, "zero": Zero, "fp16": Compressed, "bf16": Compressed,
-              "powersgd": PowerSGD}
+              "powersgd": PowerSGD, "shm": SharedMemory}
 
 
 def make(w, model, cc):
@@ -19,6 +20,8 @@ def make(w, model, cc):
         return Bucketed(w, model, **sizes)
     if cc["sync"] == "zero":
         return Zero(w, model, **sizes)
+    if cc["sync"] == "shm":
+        return SharedMemory(w, model)
     if cc["sync"] in ("fp16", "bf16"):
         return Compressed(w, model, cc["sync"], error_feedback=cc["error_feedback"], **sizes)
     if cc["sync"] == "powersgd":
@@ -27,4 +30,5 @@ def make(w, model, cc):
     return Bucketed(w, model, **sizes)
 
 
-__all__ = ["STRATEGIES", "Bucketed", "Compressed", "Flat", "PowerSGD", "Rows", "Sync", "Zero", "make"]
+__all__ = ["STRATEGIES", "Bucketed", "Compressed", "Flat", "PowerSGD", "Rows", "SharedMemory", "Sync", "Zero",
+           "make"]

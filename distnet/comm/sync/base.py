@@ -10,6 +10,7 @@ A strategy hears four things from a step, and nothing else about training:
                         passed to that layer's ``backward`` by ``Sequential``, or None
   layer_done(i)         layer i's gradients are final
   finish()              every gradient and the stats are summed; returns the seconds spent waiting
+  done()                the step is over: its update applied, or skipped (after the optimizer, every step)
 ``measures()`` returns what the strategy measured about the last step (extra step statistics).
 After finish(), the step reads the sum through two more calls: ``summed()`` (the part of the summed gradient
 this rank's optimizer reads: the whole arena unless the optimizer state is sharded) and ``global_sq()``
@@ -87,6 +88,9 @@ class Sync:
         self.accum = None
         self.wait_s = time.perf_counter() - t
         return self.wait_s
+
+    def done(self):
+        """The step's update is applied (or skipped): what must happen before the next step's forward."""
 
     def _complete(self):
         """What is left to do at finish() before waiting on the requests."""

@@ -29,7 +29,22 @@ def parts(n, p):
     return [n // p + (r < n % p) for r in range(p)]
 
 
-class Zero(Bucketed):
+class Sharded:
+    """What strategies share that leave only this rank's shard of the sum (``shard_grads``, laid out by
+    ``plan``): the optimizer reads the shard, and the global norm is a sum of shard norms."""
+
+    def summed(self):
+        return self.shard_grads
+
+    def global_sq(self):
+        g = self.shard_grads
+        return float(self.w.sum([np.dot(g, g)])[0])
+
+    def optimizer(self, make):
+        return self.optimizer_class(self, make)
+
+
+class Zero(Sharded, Bucketed):
     """Reduce-scatter the buckets during backward; the optimizer (``optimizer(make)``) updates this rank's
     parts and allgathers each bucket's parameters."""
 
@@ -51,16 +66,6 @@ class Zero(Bucketed):
     def _send(self, sl):
         _, counts, _, into = self.by_slice[sl.start]
         self.reqs.append(self.w.ireduce_scatter(self.grads[sl], self.shard_grads[into], counts))
-
-    def summed(self):
-        return self.shard_grads
-
-    def global_sq(self):
-        g = self.shard_grads
-        return float(self.w.sum([np.dot(g, g)])[0])
-
-    def optimizer(self, make):
-        return ShardedOptimizer(self, make)
 
 
 class ShardedOptimizer:
@@ -125,3 +130,6 @@ class ShardedOptimizer:
 
     def __repr__(self):
         return f"ShardedOptimizer({self.parts[0]!r}, ranks={self.w.size})"
+
+
+Zero.optimizer_class = ShardedOptimizer
