@@ -82,7 +82,8 @@ SCHEMA = {
         "quiet": (bool, False),         # print nothing but errors
     },
     "comm": {
-        "sync": (str, "bucketed"),      # gradient-sync strategy: bucketed (overlapped) | flat (one allreduce)
+        "sync": (str, "auto"),          # gradient-sync strategy: auto (shm on one host, else bucketed)
+                                        # | bucketed (overlapped) | flat (one allreduce)
                                         # | zero (optimizer state sharded over the ranks) | shm (zero
                                         # through shared memory, one host) | fp16 | bf16
                                         # (16-bit gradients on the wire) | powersgd (low-rank gradients)
@@ -335,7 +336,8 @@ def validate(cfg, label="config"):
     choices = {("data", "reader"): ("auto", "memory", "stream"), ("train", "nonfinite"): ("stop", "skip"),
                ("model", "dtype"): ("float32", "float64"), ("optimizer", "lr_scaling"): ("none", "linear", "sqrt"),
                ("train", "loss"): tuple(LOSSES), ("log", "progress"): PROGRESS,
-               ("comm", "sync"): ("bucketed", "flat", "zero", "shm", "fp16", "bf16", "powersgd")}
+               ("comm", "sync"): ("auto", "bucketed", "flat", "zero", "shm", "fp16", "bf16",
+                                  "powersgd")}
     for (section, key), allowed in choices.items():
         if cfg[section][key] not in allowed:
             raise ConfigError(f"config key {section}.{key} must be one of {', '.join(allowed)}, "

@@ -129,9 +129,9 @@ def test_keys_the_named_optimizer_or_schedule_does_not_take_are_still_errors(set
 def test_a_config_file_changing_the_name_drops_the_bases_keys(tmp_path):
     cfg = C.load(write(tmp_path / "c.toml", 'extends = "fashion-cnn"\n[optimizer]\nname = "nesterov"\n'
                                             'momentum = 0.8\n[schedule]\nname = "power"\ndecay_steps = 100\n'))
-    assert cfg["optimizer"] == {"name": "nesterov", "lr": 0.001, "lr_scaling": "none", "base_batch": 128,
+    assert cfg["optimizer"] == {"name": "nesterov", "lr": 0.002, "lr_scaling": "none", "base_batch": 128,
                                 "momentum": 0.8}
-    assert cfg["schedule"] == {"name": "power", "decay_steps": 100}
+    assert cfg["schedule"] == {"name": "power", "warmup_steps": 100, "decay_steps": 100}  # warm-up is the trainer's
 
 
 # -- layer errors ---------------------------------------------------------------------------------------

@@ -97,7 +97,8 @@ def exact_noise_scale(config_path, data, checkpoint):
     return s2 / (grad_sq - s2 / len(y)), s2 * (len(y) - 1) / len(y) / grad_sq
 
 
-@pytest.mark.parametrize("ranks,accumulate,sync", [(2, 1, "bucketed"), (2, 2, "flat"), (1, 4, "bucketed")])
+@pytest.mark.parametrize("ranks,accumulate,sync", [(2, 1, "bucketed"), (2, 2, "flat"), (2, 2, "shm"),
+                                                   (1, 4, "bucketed")])
 def test_live_noise_scale_converges_to_the_exact_one(tmp_path, gaussians, trained, ranks, accumulate, sync):
     """2,016 steps at lr 0 from the trained checkpoint (resumed, so the parameters are those of the file)."""
     config, start = trained

@@ -141,8 +141,11 @@ SHARED = textwrap.dedent("""
     model = Sequential([Dense(None, 64), ReLU(), Dense(None, 10)], input_shape=(20,), seed=3)
     before = model.params_flat.copy()
     cfg = config.defaults()
-    opt = build.optimizer(cfg, model, 0.01, comm.sync.make(w, model, dict(cfg["comm"], sync="shm")))
-    # one arena for all ranks, the layers' views inside it, the values kept
+    sync = comm.sync.make(w, model, dict(cfg["comm"], sync="shm"))
+    opt = build.optimizer(cfg, model, 0.01, sync)
+    comm.sync.attach(w, sync)  # setup holds no collective: the windows come after it
+    # one arena for all ranks, the layers' views inside it, the optimizer's part too, the values kept
+    assert np.shares_memory(opt.parts[0].params, model.params_flat)
     assert np.array_equal(model.params_flat, before)
     assert np.shares_memory(model.layers[0].params["W"], model.params_flat)
     assert np.shares_memory(model.layers[2].grads["b"], model.grads_flat)
@@ -160,3 +163,24 @@ def test_shm_ranks_share_one_parameter_arena():
     r = run_python_mpi(SHARED, n=2, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("OK 2"), r.stdout
+
+
+def test_auto_takes_shm_on_one_host_with_room_else_bucketed(tmp_path, spirals_data):
+    from distnet import build, comm, config
+    from distnet.comm.sync import shared_memory_fits
+
+    class OneHost(comm.SerialWorld):
+        size, local_size = 2, 2
+
+    class TwoHosts(OneHost):
+        local_size = 1
+
+    model = build.model(config.load("spirals-mlp"), (2,))
+    assert shared_memory_fits(OneHost(), model, path=tmp_path)
+    assert not shared_memory_fits(TwoHosts(), model, path=tmp_path)
+    assert not shared_memory_fits(comm.SerialWorld(), model, path=tmp_path)
+    assert not shared_memory_fits(OneHost(), model, path=tmp_path / "missing")  # no shared memory: bucketed
+    # a real run on 2 ranks of this host says which strategy auto took
+    r, out = train(tmp_path, "auto", spirals_data, n=2, extra=["--epochs", "1"])
+    assert r.returncode == 0, r.stderr
+    assert metrics(out / "m.jsonl")[0]["sync"] == "shm"

@@ -110,6 +110,7 @@ def _train(w, cfg, blas_threads, observers, signals):
         if cfg["checkpoint"]["resume"]:
             about["resumed_from"] = str(resume(run))
     check_same_data(run, about["hosts"])
+    comm.sync.attach(w, run.sync)  # what the strategy needs of the other ranks (shared memory), now all set up
     comm.check_replicas(w, run.model, "at the start")
     observers = observers_for(run, about, signals) + list(observers)
     try:

@@ -17,6 +17,9 @@ this rank's optimizer reads: the whole arena unless the optimizer state is shard
 (the summed gradient's squared L2 norm, identical on every rank). ``optimizer(make)`` builds the optimizer from
 ``make(params, grads, decay_mask)``: over the whole arena, or (ZeRO) over this rank's shard.
 Strategies never touch layers: intra-layer progress arrives through the plan ``rows(i)`` returned.
+A strategy is built during setup, where no collective may run (any rank may fail there alone); what needs the
+other ranks (shared memory) waits for ``attach()``, which ``comm.sync.attach(w, sync)`` calls on every rank
+once setup has succeeded everywhere, before the first step.
 
 The local squared norm (the gradient noise scale's small-batch term) must be taken from each part of the
 arena just before that part is summed in place, so it is the strategy's job: ``_local(sl)`` before a slice
@@ -88,6 +91,9 @@ class Sync:
         self.accum = None
         self.wait_s = time.perf_counter() - t
         return self.wait_s
+
+    def attach(self):
+        """Collective, once, after every rank's setup succeeded: set up what needs the other ranks."""
 
     def done(self):
         """The step's update is applied (or skipped): what must happen before the next step's forward."""

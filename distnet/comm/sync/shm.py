@@ -32,7 +32,11 @@ from .zero import Sharded, ShardedOptimizer, parts
 
 class SharedMemory(Sharded, Sync):
     """The gradient shard summed from the other ranks' arenas in shared memory; ``optimizer(make)`` updates
-    this rank's part of the one shared parameter arena."""
+    this rank's part of the one shared parameter arena.
+
+    Built during setup, where a collective is not allowed (any rank may fail there alone), it holds the
+    model's private arenas until ``attach()``, which every rank calls once setup has succeeded everywhere:
+    it allocates the windows, copies rank 0's parameters in and moves the model and the optimizer there."""
 
     name = "shm"
 
@@ -42,20 +46,34 @@ class SharedMemory(Sharded, Sync):
                               'share this one): use comm.sync = "zero" across hosts')
         super().__init__(w, model)
         n, dtype = model.params_flat.size, model.params_flat.dtype
-        params = w.shared([n] + [0] * (w.size - 1), dtype)[0]
-        self.arenas = w.shared([n] * w.size, dtype)  # every rank's gradient arena
-        if w.rank == 0:
-            params[...] = model.params_flat  # identical on every rank (broadcast at setup)
-        w.fence()
-        model.relocate(params, self.arenas[w.rank])
-        self.grads = model.grads_flat
         counts = parts(n, w.size)
         lo = sum(counts[:w.rank])
         self.mine = slice(lo, lo + counts[w.rank])
         self.shard_grads = np.zeros(counts[w.rank], dtype)
         self.plan = [(slice(0, n), counts, self.mine, slice(0, counts[w.rank]))]  # ShardedOptimizer's layout
+        self.arenas = None  # every rank's gradient arena, once attached
+        self.sharded = None  # the optimizer, once built
+
+    def attach(self):
+        w, model = self.w, self.model
+        n, dtype = model.params_flat.size, model.params_flat.dtype
+        params = w.shared([n] + [0] * (w.size - 1), dtype)[0]
+        self.arenas = w.shared([n] * w.size, dtype)
+        if w.rank == 0:
+            params[...] = model.params_flat  # identical on every rank (broadcast or resumed)
+        w.fence()
+        model.relocate(params, self.arenas[w.rank])
+        self.grads = model.grads_flat
+        if self.sharded is not None:
+            self.sharded.parts[0].params = model.params_flat[self.mine]
+
+    def optimizer(self, make):
+        self.sharded = super().optimizer(make)
+        return self.sharded
 
     def _complete(self):
+        if self.arenas is None:
+            raise RuntimeError("comm.sync.attach(w, sync) must run on every rank before the first step")
         self._local(slice(None))
         if self.accum is not None:
             self.grads += self.accum

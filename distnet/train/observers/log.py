@@ -39,7 +39,7 @@ class Log(Observer):
         skipped = {"skipped_checkpoints": run.skipped_checkpoints} if run.skipped_checkpoints else {}
         self.metrics.write("start", run.pos.global_step, epoch=epoch_label(run), ranks=p, global_batch=B,
                            params=run.model.num_params, steps_per_epoch=run.steps_per_epoch, data=run.data_dir,
-                           **a, **skipped)
+                           sync=run.sync.name, **a, **skipped)
         hosts = a.get("hosts") or {}
         threads = "/".join(map(str, sorted(set(a.get("blas_threads") or []) - {None})))
         self.progress.line(
@@ -49,7 +49,8 @@ class Log(Observer):
             + (f", {a['mpi_library']}" if a.get("mpi_library") else ""))
         self.progress.line(
             f"distnet: global batch {B} ({B // p} per rank" + (f", {k} micro-steps" if k > 1 else "")
-            + f"), {run.model.num_params:,} parameters, {run.steps_per_epoch} steps/epoch, data {run.data_dir}")
+            + f"), {run.model.num_params:,} parameters, {run.steps_per_epoch} steps/epoch, data {run.data_dir}"
+            + (f", sync {run.sync.name}" if p > 1 else ""))
         if a.get("resumed_from"):
             self.progress.line(f"distnet: resumed from {a['resumed_from']}: step {run.pos.global_step}, epoch "
                                f"{epoch_label(run)} of {run.epochs}")
