@@ -24,6 +24,7 @@ so rows are single measurements on a shared machine (1 thread per process; the h
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -102,8 +103,9 @@ def ddp_run(cluster, args, hook, workdir, port):
     cfg = C.load(args.preset)
     job = dict(data=str(Path(args.data).resolve()), layers=cfg["model"]["layers"], lr=cfg["optimizer"]["lr"],
                min_lr=cfg["schedule"].get("min_lr", 0.0), batch=cfg["train"]["batch_size"],
-               epochs=args.epochs or cfg["train"]["epochs"], seed=cfg["train"]["seed"], hook=hook, rank=args.powersgd_rank,
-               warmup=C.defaults()["comm"]["powersgd_warmup"])
+               epochs=args.epochs or cfg["train"]["epochs"], seed=cfg["train"]["seed"], hook=hook,
+               rank=args.powersgd_rank, warmup=C.defaults()["comm"]["powersgd_warmup"],
+               warmup_steps=cfg["schedule"].get("warmup_steps", 0))
     job_path, out = Path(workdir) / f"ddp-{hook}.json", Path(workdir) / f"ddp-{hook}.out.json"
     job_path.write_text(json.dumps(job))
     env = ns.thread_env(dict(cluster.env, MASTER_ADDR=cluster.addr("h1"), MASTER_PORT=str(port),
@@ -150,7 +152,13 @@ def ddp_worker(rank, job_path, out_path):
     batch, per = job["batch"], job["batch"] // 2
     steps = len(y) // batch
     opt = torch.optim.Adam(model.parameters(), lr=job["lr"])
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps * job["epochs"], eta_min=job["min_lr"])
+    total, warm, lr, low = steps * job["epochs"], job.get("warmup_steps", 0), job["lr"], job["min_lr"]
+
+    def factor(t):  # distnet's cosine schedule, after its linear warm-up from 0 to the cosine's value at warm
+        cosine = lambda u: (low + (lr - low) * (1 + math.cos(math.pi * min(u, total) / total)) / 2) / lr  # noqa: E731
+        return cosine(warm) * t / warm if t < warm else cosine(t)
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     evals, train_s = [], 0.0
     dist.barrier()
     t0 = time.perf_counter()
@@ -164,10 +172,13 @@ def ddp_worker(rank, job_path, out_path):
             opt.step()
             sched.step()
         train_s += time.perf_counter() - t
-        if rank == 0:
+        if rank == 0:  # in evaluation mode (dropout off, batch norm's running statistics), 1,000 at a time
+            model.eval()
             with torch.no_grad():
-                acc = float((model.module(xt).argmax(1) == yt).float().mean())
-            evals.append((time.perf_counter() - t0, acc))
+                right = sum(int((model.module(xt[i:i + 1000]).argmax(1) == yt[i:i + 1000]).sum())
+                            for i in range(0, len(yt), 1000))
+            model.train()
+            evals.append((time.perf_counter() - t0, right / len(yt)))
         dist.barrier()
     if rank == 0:
         Path(out_path).write_text(json.dumps(dict(samples_per_s=steps * batch * job["epochs"] / train_s, evals=evals,

@@ -365,6 +365,18 @@ def test_openmpi_mpirun_across_hosts_matches_mpich(hosts, openmpi_path, referenc
     assert lines[0]["event"] == "start" and lines[0]["mpi_library"].startswith("Open MPI")
 
 
+def test_openmpi_on_one_host_shares_memory_and_matches_mpich(openmpi_path, reference, spirals_data, tmp_path):
+    """Open MPI's shared-memory windows (osc) under comm.sync = auto: shm, bitwise MPICH's 2-rank run."""
+    r = subprocess.run(["mpirun.openmpi", "--allow-run-as-root", "--oversubscribe", "--bind-to", "none", "-np", "2",
+                        "-x", "PYTHONPATH", *distnet(*train_args(spirals_data, tmp_path))],
+                       env=dict(environment(), PYTHONPATH=openmpi_path), capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = metrics(tmp_path / "m.jsonl")
+    assert lines[0]["mpi_library"].startswith("Open MPI") and lines[0]["sync"] == "shm"
+    assert reference[0]["sync"] == "shm" and losses(lines) == losses(reference)
+    assert summary(lines)["param_hash"] == summary(reference)["param_hash"]
+
+
 # -- Slurm ---------------------------------------------------------------------------------------------------
 
 def sbatch(slurm, tmp_path, args, *options, env=None):
