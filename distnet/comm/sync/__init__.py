@@ -62,5 +62,5 @@ def make(w, model, cc):
     return Bucketed(w, model, **sizes)
 
 
-__all__ = ["STRATEGIES", "attach", "Bucketed", "Compressed", "Flat", "PowerSGD", "Rows", "SharedMemory", "Sync", "Zero",
-           "make"]
+__all__ = ["STRATEGIES", "Bucketed", "Compressed", "Flat", "PowerSGD", "Rows", "SharedMemory", "Sync", "Zero",
+           "attach", "make"]
