@@ -29,6 +29,14 @@ def _check_range(name, value, lo, hi=math.inf, hi_open=True):
     return float(value)
 
 
+BLOCK = 32768  # elements per block of a multi-pass update (5 float32 arrays: 640 kB, within a core's L2)
+
+
+def _blocks(n):
+    """Slices of about BLOCK elements covering range(n) (one slice when n is small)."""
+    return [slice(lo, min(lo + BLOCK, n)) for lo in range(0, n, BLOCK)] if n > BLOCK else [slice(0, n)]
+
+
 class Optimizer:
     """Base class: argument checks, regularized gradient, step counting, state round trip."""
 
@@ -216,22 +224,28 @@ class Adam(Optimizer):
         super().__init__(params, grads, lr, weight_decay, decay_mask, l1)
 
     def _update(self, g, lr):
-        # 12 in-place passes over the arena; the bias corrections are folded into eps and the step size:
+        # 12 in-place passes, over one block of the arena at a time so that its five arrays stay in the
+        # core's cache between passes (bitwise the same as whole-arena passes: every element's arithmetic is);
+        # the bias corrections are folded into eps and the step size:
         # lr * (m / c1) / (sqrt(v / c2) + eps) = (lr * sqrt(c2) / c1) * m / (sqrt(v) + eps * sqrt(c2))
-        m, v, t, k = self.m, self.v, self._t, self.step_count
+        k = self.step_count
         c1, root_c2 = 1.0 - self.beta1 ** k, math.sqrt(1.0 - self.beta2 ** k)
-        np.subtract(g, m, out=t)  # m <- m + (1 - b1) (g - m)
-        t *= 1.0 - self.beta1
-        m += t
-        np.square(g, out=t)
-        t *= 1.0 - self.beta2
-        v *= self.beta2
-        v += t
-        np.sqrt(v, out=t)
-        t += self.eps * root_c2
-        np.divide(m, t, out=t)
-        t *= lr * root_c2 / c1
-        self.params -= t
+        a1, a2, b2 = 1.0 - self.beta1, 1.0 - self.beta2, self.beta2
+        eps, size = self.eps * root_c2, lr * root_c2 / c1
+        for sl in _blocks(g.size):
+            gb, m, v, t = g[sl], self.m[sl], self.v[sl], self._t[sl]
+            np.subtract(gb, m, out=t)  # m <- m + (1 - b1) (g - m)
+            t *= a1
+            m += t
+            np.square(gb, out=t)
+            t *= a2
+            v *= b2
+            v += t
+            np.sqrt(v, out=t)
+            t += eps
+            np.divide(m, t, out=t)
+            t *= size
+            self.params[sl] -= t
 
 
 class AdamW(Adam):

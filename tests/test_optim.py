@@ -265,3 +265,26 @@ def test_factory_errors_name_the_bad_key():
         make_optimizer("sgd", p, g, lr="0.1")
     with pytest.raises(ConfigError, match="momentum=1.5"):
         make_optimizer("sgd", p, g, momentum=1.5)
+
+
+@pytest.mark.parametrize("cls", [Adam, AdamW])
+def test_adam_in_blocks_is_bitwise_the_whole_arena_update(monkeypatch, cls):
+    """Adam runs its passes over one cache-sized block of the arena at a time: the same arithmetic per element."""
+    import distnet.optim as optim
+
+    rng = np.random.default_rng(5)
+    p0, grads = rng.standard_normal(1000).astype(np.float32), rng.standard_normal((3, 1000)).astype(np.float32)
+    results = []
+    for block in (1 << 30, 64, 7):  # one block, and blocks that do not divide the arena
+        monkeypatch.setattr(optim, "BLOCK", block)
+        p, g = p0.copy(), np.empty_like(p0)
+        opt = cls(p, g, lr=0.01, weight_decay=0.01)
+        for gi in grads:
+            g[...] = gi
+            opt.step()
+        results.append((p.copy(), opt.m.copy(), opt.v.copy()))
+    assert len(optim._blocks(1000)) == 143  # the last setting did run in blocks
+    for got in results[1:]:
+        for a, b in zip(got, results[0]):
+            np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(results[0][0], p0)
