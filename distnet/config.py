@@ -90,6 +90,7 @@ SCHEMA = {
         "error_feedback": (bool, True),  # fp16/bf16/powersgd: carry what compression dropped to the next step
         "powersgd_rank": (int, 4),      # powersgd: rank of each matrix gradient's approximation
         "powersgd_warmup": (int, 10),   # powersgd: steps sent uncompressed first
+        "powersgd_min_size": (int, 4096),  # powersgd: matrices with fewer elements are sent uncompressed
         "bucket_mb": (NUM, 1.0),        # gradient bucket size
         "overlap": (bool, True),        # start each bucket's allreduce during backward
         "split_mb": (NUM, 0.25),        # send the first layer's dW in row blocks of this size (0 = whole)
@@ -342,9 +343,10 @@ def validate(cfg, label="config"):
         if cfg[section][key] not in allowed:
             raise ConfigError(f"config key {section}.{key} must be one of {', '.join(allowed)}, "
                               f"got {cfg[section][key]!r}")
-    if cfg["comm"]["powersgd_rank"] < 1 or cfg["comm"]["powersgd_warmup"] < 0:
-        raise ConfigError(f"config keys comm.powersgd_rank must be >= 1 and comm.powersgd_warmup >= 0, got "
-                          f"{cfg['comm']['powersgd_rank']} and {cfg['comm']['powersgd_warmup']}")
+    if cfg["comm"]["powersgd_rank"] < 1 or cfg["comm"]["powersgd_warmup"] < 0 or cfg["comm"]["powersgd_min_size"] < 0:
+        raise ConfigError(f"config keys comm.powersgd_rank must be >= 1, comm.powersgd_warmup and "
+                          f"comm.powersgd_min_size >= 0, got {cfg['comm']['powersgd_rank']}, "
+                          f"{cfg['comm']['powersgd_warmup']} and {cfg['comm']['powersgd_min_size']}")
     if cfg["comm"]["bucket_mb"] <= 0:
         raise ConfigError("config key comm.bucket_mb must be > 0")
     pf = cfg["data"]["prefetch"]

@@ -53,6 +53,9 @@ def parse_args(argv=None):
     ap.add_argument("--powersgd-rank", type=int, default=4)
     ap.add_argument("--data", default=str(ns.ROOT / "data" / "fashion-mnist"))
     ap.add_argument("--prefix", default="ncb", help="namespace prefix (not 'dn')")
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="a config override for every distnet run (repeatable), e.g. log.profile=true to "
+                         "record the step-time breakdown in each row")
     ap.add_argument("--json", nargs="?", const="-", metavar="FILE")
     args = ap.parse_args(argv)
     args.rates = [r for r in args.rates.split(",") if r]
@@ -82,7 +85,7 @@ def distnet_run(cluster, args, sync, workdir):
                       args.preset, "--data", Path(args.data).resolve(), "--set", f"comm.sync={sync}",
                       "--set", f"comm.powersgd_rank={args.powersgd_rank}", "--set", "train.log_every=50",
                       *(["--epochs", args.epochs] if args.epochs else []),
-                      "--metrics", metrics, "--quiet")
+                      *[a for kv in args.set for a in ("--set", kv)], "--metrics", metrics, "--quiet")
     before = cluster.link_bytes()
     r = subprocess.run(cmd, env=ns.thread_env(dict(cluster.env, UCX_TLS="tcp,self")), capture_output=True,
                        text=True, timeout=ns.RUN_TIMEOUT_S, cwd=ns.ROOT)
@@ -94,7 +97,9 @@ def distnet_run(cluster, args, sync, workdir):
     evals = [(m["time"] - t0, m["accuracy"]) for m in recs if m["event"] == "eval" and m["split"] == "test"]
     sps = [m["samples_per_s"] for m in recs if m["event"] == "train" and m.get("samples_per_s")]
     summary = next(m for m in recs if m["event"] == "summary")
-    return dict(samples_per_s=sorted(sps)[len(sps) // 2], evals=evals, steps=summary["steps"], link_bytes=sent)
+    phases = {k: v for k, v in summary.items() if k.startswith("ms_") and k.endswith("_mean")}  # train.profile
+    return dict(samples_per_s=sorted(sps)[len(sps) // 2], evals=evals, steps=summary["steps"], link_bytes=sent,
+                **({"phases_ms": phases} if phases else {}))
 
 
 def ddp_run(cluster, args, hook, workdir, port):

@@ -25,7 +25,7 @@ HEAD = textwrap.dedent("""
                        dtype=np.float64)
     R = 2
     sync = comm.sync.make(w, model, dict(sync="powersgd", overlap=True, bucket_mb=1, split_mb=0, error_feedback={ef},
-                                         powersgd_rank=R, powersgd_warmup=0))
+                                         powersgd_rank=R, powersgd_warmup=0, powersgd_min_size=0))
     mats = [m for m in sync.matrices]
     assert [(m.n, m.m) for m in mats] == [(16, 3), (24, 16), (30, 24)][-len(mats):] and len(mats) == 2
     def local(rank, step, low_rank):
@@ -50,6 +50,15 @@ EXACT = HEAD + textwrap.dedent("""
         got = sync_step(local(w.rank, s, True))
         want = sum(local(r, s, True) for r in range(w.size))
         np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
+    # with gradient accumulation: the earlier micro-steps' sum arrives apart from the arena's last one
+    g = local(w.rank, 5, True)
+    part = np.random.default_rng([w.rank, 50]).standard_normal(g.size)
+    model.grads_flat[...] = g - part
+    sync.begin(part, stats=np.zeros(1))
+    for i in reversed(range(len(model.layers))):
+        sync.layer_done(i)
+    sync.finish()
+    np.testing.assert_allclose(model.grads_flat, sum(local(r, 5, True) for r in range(w.size)), rtol=1e-9, atol=1e-9)
     got = sync_step(local(w.rank, 9, False))  # full rank: only the uncompressed parts are exact
     want = sum(local(r, 9, False) for r in range(w.size))
     assert not np.allclose(got, want)
@@ -104,12 +113,17 @@ def test_error_feedback_tracks_the_true_running_sum(ef):
 
 
 def test_which_gradients_are_compressed():
-    model = Sequential([Conv2D(None, 8, 3), ReLU(), Flatten(), Dense(None, 64), ReLU(), Dense(None, 2)],
-                       input_shape=(1, 8, 8), seed=0)
+    model = Sequential([Conv2D(None, 8, 3), ReLU(), Flatten(), Dense(None, 64), ReLU(), Dense(None, 16), ReLU(),
+                        Dense(None, 2)], input_shape=(1, 8, 8), seed=0)
     sync = comm.sync.PowerSGD(TwoRanks(), model, rank=4, warmup=5)
-    # Conv W as out x in*kh*kw (8 x 9: 72 < 2*4*17, sent whole), Dense W as in x out; Dense 64x2 is too small
+    # Conv W as out x in*kh*kw (8 x 9: 72 < 2*4*17, sent whole), Dense W as in x out; Dense 64x2 would not
+    # shrink twice, Dense 64x16 would (1024 >= 2*4*80) but is under min_size (4096 elements by default)
     assert [(m.n, m.m) for m in sync.matrices] == [(288, 64)]
     assert sync.matrices[0].M.base is not None and np.shares_memory(sync.matrices[0].M, model.grads_flat)
+    assert [(m.n, m.m) for m in comm.sync.PowerSGD(TwoRanks(), model, rank=4, min_size=0).matrices] == \
+        [(64, 16), (288, 64)]
+    # everything not compressed travels in the P's message, in the send buffer after the P's
+    assert sync.send.size == 288 * 4 + model.grads_flat.size - 288 * 64
 
 
 SMALL = textwrap.dedent("""
@@ -121,7 +135,7 @@ SMALL = textwrap.dedent("""
     w = comm.world()
     model = Sequential([Dense(None, 32), Tanh(), Dense(None, 32), Tanh(), Dense(None, 4)], input_shape=(8,), seed=1)
     sync = comm.sync.make(w, model, dict(sync="powersgd", overlap=True, bucket_mb=1, split_mb=0, error_feedback=True,
-                                         powersgd_rank=1, powersgd_warmup=5))
+                                         powersgd_rank=1, powersgd_warmup=5, powersgd_min_size=0))
     assert len(sync.matrices) == 3  # rank 1: every weight matrix
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((64, 8)).astype(np.float32), rng.standard_normal((64, 4)).astype(np.float32)

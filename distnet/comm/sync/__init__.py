@@ -58,7 +58,7 @@ def make(w, model, cc):
         return Compressed(w, model, cc["sync"], error_feedback=cc["error_feedback"], **sizes)
     if cc["sync"] == "powersgd":
         return PowerSGD(w, model, rank=cc["powersgd_rank"], warmup=cc["powersgd_warmup"],
-                        error_feedback=cc["error_feedback"], **sizes)
+                        min_size=cc["powersgd_min_size"], error_feedback=cc["error_feedback"], **sizes)
     return Bucketed(w, model, **sizes)
 
 
