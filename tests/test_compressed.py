@@ -29,6 +29,28 @@ def test_bf16_rounds_to_nearest_even_on_the_float32_bits():
     assert back[6] == np.inf and np.isnan(back[7]) and np.isnan(back[8])
 
 
+def test_fp16_scales_to_its_range_and_sends_what_would_be_subnormal_as_zero():
+    model = Sequential([Dense(None, 4)], input_shape=(2,), seed=0)
+    sync = comm.sync.Compressed(TwoRanks(), model, "fp16", error_feedback=False)
+    # norm 2^-10 -> scale 2^24: 2^-12 becomes 2^12, 2^-37 becomes 2^-13 (normal), 2^-39 and 2^-45 would be
+    # fp16 subnormals (2^-15, 2^-21) and go as 0; signs, infinities and NaNs are kept
+    x = np.array([2.0 ** -12, -(2.0 ** -37), 2.0 ** -39, -(2.0 ** -45), 0.0, 3 * 2.0 ** -13], np.float32)
+    x[0] = np.sqrt(2.0 ** -20 - float(np.dot(x[1:], x[1:])))  # the norm exactly 2^-10
+    row, f32 = np.zeros(x.size + 2, np.uint16), np.empty(x.size, np.float32)
+    sync.compress(x, row, f32, None)
+    assert row[-2:].view(np.float32)[0] == 2.0 ** 24
+    halves = row[:-2].view(np.float16)
+    assert not np.any((halves != 0) & (np.abs(halves) < np.float16(2.0 ** -14)))  # no subnormal on the wire
+    back = sync.decompress(row, f32, None)
+    assert back[1:].tolist() == [-(2.0 ** -37), 0.0, 0.0, 0.0, 3 * 2.0 ** -13]
+    assert abs(back[0] - x[0]) <= 2.0 ** -11 * x[0]
+    bad = np.array([1.0, np.inf, np.nan, 2.0 ** -30], np.float32)
+    row, f32 = np.zeros(bad.size + 2, np.uint16), np.empty(bad.size, np.float32)
+    sync.compress(bad, row, f32, None)
+    back = sync.decompress(row, f32, None)
+    assert back[0] == 1.0 and back[1] == np.inf and np.isnan(back[2])
+
+
 SCRIPT = textwrap.dedent("""
     import math, numpy as np
     from distnet import comm
@@ -59,7 +81,9 @@ SCRIPT = textwrap.dedent("""
     got, want, mag = step(0)
     assert not np.array_equal(got, want)  # it did round
     err = np.abs(got - want)
-    assert np.all(err <= rel * mag + 1e-6 * rel * mag.max() + 2 * 2.0 ** -149), err.max()
+    # fp16 sends what its scaling leaves under its smallest normal (2^-28 of a bucket's norm) as 0
+    floor = 2.0 ** -27 * float(np.linalg.norm(mag)) if "{fmt}" == "fp16" else 1e-6 * rel * mag.max()
+    assert np.all(err <= rel * mag + floor + 2 * 2.0 ** -149), err.max()
     assert np.all(w.allgather(got.tobytes())[0] == got.tobytes())  # every rank holds the same sum
     if {ef}:  # over steps, error feedback sends what rounding dropped: the sums track the true sums, even
         # for one gradient sent again and again, which rounding without feedback would get wrong the same way
