@@ -452,7 +452,8 @@ def test_the_time_limit_warning_stops_with_a_checkpoint_and_the_requeued_job_fin
     wait_until("the job back in the queue", lambda: "JobState=PENDING" in on(
         "h1", ["scontrol", "-o", "show", "job", job], env=slurm).stdout, 30)
     stop = [m for m in metrics(tmp_path / f"{job}.jsonl") if m["event"] == "stop"]
-    assert len(stop) == 1 and stop[0]["signal"] == "SIGUSR1" and stop[0]["ranks"] == [0, 1], stop
+    # srun passes the signal on to each host separately: rank 1's may arrive after the ranks agreed to stop
+    assert len(stop) == 1 and stop[0]["signal"] == "SIGUSR1" and stop[0]["ranks"] in ([0], [0, 1]), stop
     assert (tmp_path / job / f"ckpt-{stop[0]['step']:09d}.h5").exists()
 
     def finished():  # a requeued job waits two minutes before it may start again: let it start now, as often

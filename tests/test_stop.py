@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from distnet.train.observers.signals import EXIT_STOPPED
+from distnet.train.observers.signals import DUPLICATE_S, EXIT_STOPPED
 
 from .conftest import mpiexec_path, run_distnet
 
@@ -142,7 +142,10 @@ def test_a_second_signal_ends_the_job_at_once(tmp_path, spirals_data):
         rank = ranks_of(proc.pid)[-1]
         os.kill(rank, signal.SIGTERM)
         time.sleep(0.2)
-        os.kill(rank, signal.SIGTERM)
+        os.kill(rank, signal.SIGTERM)  # the same signal delivered twice (directly and by a launcher): one signal
+        time.sleep(DUPLICATE_S + 0.5)
+        assert proc.poll() is None
+        os.kill(rank, signal.SIGTERM)  # a second one
         _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
@@ -207,3 +210,65 @@ def test_a_wait_outside_the_step_is_bounded_too(tmp_path, spirals_data):
     assert "at step 10 (eval/checkpoint) for rank 0 (host" in error[0], error[0]
     assert "comm.stall_io_abort_s = 2" in error[0]
     assert "Traceback" not in r.stderr
+
+LATE = """
+import os, signal, sys
+from distnet import config as C
+from distnet.train.loop import train
+from distnet.train.observers.base import Observer
+from distnet.train.observers.signals import Stopped
+
+class Signal(Observer):  # this rank is sent SIGUSR1 at step 3, as a launcher passes it on
+    def on_step(self, run, stats):
+        if run.pos.global_step == 3:
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+cfg = C.load("spirals-mlp", [f'data.path="{sys.argv[1]}"', "train.max_steps=20", "log.quiet=true"])
+try:
+    train(cfg, observers=[Signal()])
+except Stopped:
+    print("stopped", flush=True)
+# the same signal arriving late (srun passes it on to each host separately): it must not kill the rank now
+os.kill(os.getpid(), signal.SIGUSR1)
+os.kill(os.getpid(), signal.SIGTERM)  # another signal still has its previous handler (the default: terminate)
+print("not reached", flush=True)
+"""
+
+
+def test_the_stopping_signal_arriving_late_is_ignored_and_the_others_are_restored(tmp_path, spirals_data):
+    script = tmp_path / "late.py"
+    script.write_text(LATE)
+    r = subprocess.run([sys.executable, str(script), str(spirals_data)], capture_output=True, text=True, timeout=120,
+                       env=env())
+    assert r.stdout.splitlines() == ["stopped"], (r.stdout, r.stderr)
+    assert r.returncode == -signal.SIGTERM, r.stderr
+
+
+def test_a_ranks_first_signal_after_the_agreed_stop_and_a_quick_duplicate_do_not_abort(monkeypatch):
+    """The same signal reaches ranks at different times (srun passes it on to each host): a rank whose own
+    signal comes after the ranks agreed to stop on another's must not take it for a second signal."""
+    from distnet.train.observers import signals as S
+
+    class World:
+        rank, aborted = 1, None
+
+        def abort(self, code):
+            self.aborted = code
+
+    clock = [100.0]
+    monkeypatch.setattr(S.time, "monotonic", lambda: clock[0])
+    w = World()
+    obs = S.Signals(w)
+    obs.stopped = ("SIGUSR1", [0])  # rank 0's signal stopped the run; this rank's arrives now
+    obs._handle(signal.SIGUSR1, None)
+    clock[0] += 0.5
+    obs._handle(signal.SIGUSR1, None)  # and again, passed on by a launcher too
+    assert w.aborted is None and obs.pending is None
+    clock[0] += S.DUPLICATE_S
+    obs._handle(signal.SIGUSR1, None)  # a real second signal: the job ends at once
+    assert w.aborted == 128 + signal.SIGUSR1
+    w.aborted, obs2 = None, S.Signals(w)
+    obs2._handle(signal.SIGTERM, None)
+    assert obs2.pending == "SIGTERM" and w.aborted is None
+    obs2._handle(signal.SIGINT, None)  # another signal, even at once, is a second one
+    assert w.aborted == 128 + signal.SIGINT

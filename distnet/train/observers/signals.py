@@ -5,19 +5,24 @@ A handler only notes the signal. The rank's vote (``run.stop_vote``) travels wit
 (one more float in the statistics already summed there), so every rank learns of it at the same step without
 an extra collective; then the ranks gather which signal each had, the run stops (``run.stop``), the
 checkpoint observer writes its final checkpoint, and ``train`` ends with ``Stopped``. A second signal on a
-rank ends the whole job at once (MPI_Abort, exit 128 + the signal's number).
+rank ends the whole job at once (MPI_Abort, exit 128 + the signal's number), unless it is the same signal
+within ``DUPLICATE_S`` of the first: one signal often reaches a rank twice, directly and passed on by a
+launcher (Slurm's ``--signal`` without ``B:`` signals the tasks and the batch script, which passes it on
+through srun), and that must not cost the checkpoint.
 
 The handlers are installed after MPI's initialization: MPICH installs its own for SIGUSR1 there.
 """
 
 import signal
 import sys
+import time
 
 from ...comm import Stop
 from .base import Observer
 from .log import epoch_label
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+DUPLICATE_S = 1.0  # the same signal again within this many seconds is one signal delivered twice
 EXIT_STOPPED = 3  # the exit code of a run stopped by a signal: not finished, resumable (see the README)
 _received = []  # the signals this process was sent while a Signals observer listened
 
@@ -38,6 +43,7 @@ class Signals(Observer):
     def __init__(self, world):
         self.world = world
         self.pending = None  # the first signal this rank received (a name), not yet voted on
+        self.first = None  # (signal number, monotonic time) of the first signal this rank received
         self.stopped = None  # (signal name, ranks that received one) once the ranks agreed to stop
         self.previous = {}
 
@@ -47,16 +53,26 @@ class Signals(Observer):
             self.previous[s] = signal.signal(s, self._handle)
 
     def restore(self):
+        """Give the signals back their previous handlers, except the one that stopped the run (if one did): it is
+        ignored from then on, since the same signal, passed on to each host separately (srun, mpiexec), may
+        reach a rank only after the ranks stopped, where the default action would kill it with another status
+        (the job's exit code then no longer says "stopped, resumable")."""
+        late = getattr(signal, self.stopped[0]) if self.stopped else None
         for s, handler in self.previous.items():
-            signal.signal(s, handler)
+            signal.signal(s, signal.SIG_IGN if s == late else handler)
         self.previous = {}
 
     def _handle(self, signum, frame):
         name = signal.Signals(signum).name
         _received.append(name)
-        if self.pending is None and self.stopped is None:
-            self.pending = name
+        now = time.monotonic()
+        if self.first is None:  # this rank's first signal: a stop, or the stop already agreed on (the signal
+            self.first = (signum, now)  # reached another rank first), which is this one's too
+            if self.stopped is None:
+                self.pending = name
             return
+        if self.first[0] == signum and now - self.first[1] < DUPLICATE_S:
+            return  # the first one, delivered again
         print(f"distnet: {name} again: stopping at once, without a checkpoint", file=sys.stderr, flush=True)
         self.world.abort(128 + signum)
 
