@@ -343,10 +343,9 @@ def validate(cfg, label="config"):
         if cfg[section][key] not in allowed:
             raise ConfigError(f"config key {section}.{key} must be one of {', '.join(allowed)}, "
                               f"got {cfg[section][key]!r}")
-    if cfg["comm"]["powersgd_rank"] < 1 or cfg["comm"]["powersgd_warmup"] < 0 or cfg["comm"]["powersgd_min_size"] < 0:
-        raise ConfigError(f"config keys comm.powersgd_rank must be >= 1, comm.powersgd_warmup and "
-                          f"comm.powersgd_min_size >= 0, got {cfg['comm']['powersgd_rank']}, "
-                          f"{cfg['comm']['powersgd_warmup']} and {cfg['comm']['powersgd_min_size']}")
+    for key, lo in (("powersgd_rank", 1), ("powersgd_warmup", 0), ("powersgd_min_size", 0)):
+        if cfg["comm"][key] < lo:
+            raise ConfigError(f"config key comm.{key} must be >= {lo}, got {cfg['comm'][key]}")
     if cfg["comm"]["bucket_mb"] <= 0:
         raise ConfigError("config key comm.bucket_mb must be > 0")
     pf = cfg["data"]["prefetch"]

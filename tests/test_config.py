@@ -284,3 +284,10 @@ def test_data_path_is_resolved_in_one_place():
     cfg["data"]["path"] = cfg["data"]["dataset"] = ""
     with pytest.raises(ConfigError, match="no dataset given: pass --data DIR or set data.path in the config"):
         C.data_path(cfg)
+
+
+@pytest.mark.parametrize("key,value", [("powersgd_rank", 0), ("powersgd_warmup", -1), ("powersgd_min_size", -1)])
+def test_bad_powersgd_keys_are_named(key, value):
+    with pytest.raises(ConfigError, match=f"comm.{key} must be >= ") as e:
+        C.load("fashion-mlp", sets=['comm.sync="powersgd"', f"comm.{key}={value}"])
+    assert "\n" not in str(e.value)

@@ -13,11 +13,11 @@ fp16 keeps 11 significant bits but only 5 exponent bits, so gradients (often 1e-
 each rank scales its bucket by a power of two (exact) that brings the bucket's L2 norm, a bound on its largest
 element, to 2^14 (below fp16's 65504), and sends the scale with it, as dynamic loss scaling does. What then
 lies below fp16's smallest normal number (2^-14, so 2^-28 of the bucket's norm) is sent as 0 (flushed, as
-hardware does with denormals off): NumPy converts float16 subnormals one by one on a slow path (it raises the
-underflow flag for each), 30x slower than normal values, and a few percent of a real gradient's elements are
-that small: flushing them made fp16 run 2x faster on fashion-mlp. Error feedback carries them to a later step. bf16 keeps
-float32's exponent and 8 significant bits; NumPy has no bf16, so it is the upper half of the float32 bits,
-rounded to nearest even on the uint32 view. Non-finite gradients stay non-finite on the wire (the scale is 1
+hardware does with denormals off): NumPy converts float16 subnormals on a slow path, 30x slower than normal
+values, and a few percent of a real gradient's elements are that small (flushing them made fp16 run 1.5x
+faster on fashion-mlp). Error feedback carries them to a later step. bf16 keeps float32's exponent and 8
+significant bits; NumPy has no bf16, so it is the upper half of the float32 bits, rounded to nearest even on
+the uint32 view. Non-finite gradients stay non-finite on the wire (the scale is 1
 then), so the non-finite check sees them.
 
 Exactness: each rank's contribution is rounded to the format (relative error 2^-11 for fp16, 2^-8 for bf16;

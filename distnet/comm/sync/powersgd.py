@@ -11,8 +11,9 @@ residual e added (M <- M + e) and the previous step's Q (m x r; random at first,
 so (n + m) r numbers cross the wire instead of n m. Biases, matrices that would not shrink at least twice
 (n m < 2 r (n + m), DDP's ``min_compression_rate``) and matrices of fewer than ``min_size`` elements (their QR
 and products cost more time than their few kB take on a 1 Gbit/s link: fashion-mlp's 128 x 10) are sent as
-they are, in the same message as the P's: one allreduce when backward ends, then one of all the Q's. The first ``warmup`` steps use the plain
-bucketed allreduce (the paper's and DDP's warm-up: early gradients change fast and compress badly).
+they are, in the same message as the P's: one allreduce when backward ends, then one of all the Q's, which
+travel while each rank computes its residuals. The first ``warmup`` steps use the plain bucketed allreduce
+(the paper's and DDP's warm-up: early gradients change fast and compress badly).
 
 Exactness: the sum is the projection of the true sum on a rank-r subspace (exact when the summed gradient has
 rank <= r); error feedback keeps what each rank's projection dropped and adds it to the next step's gradient,
