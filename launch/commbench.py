@@ -78,6 +78,26 @@ def time_to(evals, target):
     return next((t for t, acc in evals if acc >= target), None)
 
 
+def measure(run, target, **row):
+    """One row of the table: ``row`` plus what ``run()`` measured, or its ``error`` when it failed (a failed run
+    is a row: the runs after it still run, and the JSON keeps them all)."""
+    try:
+        r = run()
+    except RuntimeError as e:
+        return dict(row, error=str(e))
+    return dict(row, **r, time_to_target_s=time_to(r["evals"], target), final_accuracy=r["evals"][-1][1],
+                mb_per_step=r["link_bytes"] / r["steps"] / 1e6)
+
+
+def summary(row, target):
+    """The row's one-line report."""
+    if "error" in row:
+        return "failed: " + row["error"][-300:].replace("\n", " | ")
+    tt = row["time_to_target_s"]
+    return (f"{row['samples_per_s']:,.0f} samples/s, {target:.0%} at {'never' if tt is None else f'{tt:.1f} s'}, "
+            f"final {row['final_accuracy']:.4f}, {row['mb_per_step']:.3f} MB/step")
+
+
 def distnet_run(cluster, args, sync, workdir):
     metrics = Path(workdir) / f"distnet-{sync}.jsonl"
     cmd = cluster.cmd("h1", ct.mpiexec(), "-launcher", "ssh", "-launcher-exec", ns.NSSSH, "-localhost",
@@ -218,16 +238,11 @@ def main(argv=None):
                     runs = [("distnet", s) for s in args.strategies] + [("DDP", h) for h in args.ddp]
                     for who, what in runs:
                         port += 1
-                        r = distnet_run(cluster, args, what, workdir) if who == "distnet" else \
-                            ddp_run(cluster, args, what, workdir, port)
-                        row = dict(rate=rate, probe_gbit_s=probe, who=who, sync=what, **r,
-                                   time_to_target_s=time_to(r["evals"], args.target),
-                                   final_accuracy=r["evals"][-1][1], mb_per_step=r["link_bytes"] / r["steps"] / 1e6)
+                        run = (lambda w=what: distnet_run(cluster, args, w, workdir)) if who == "distnet" else \
+                            (lambda w=what, p=port: ddp_run(cluster, args, w, workdir, p))
+                        row = measure(run, args.target, rate=rate, probe_gbit_s=probe, who=who, sync=what)
                         rows.append(row)
-                        tt = row["time_to_target_s"]
-                        print(f"commbench: {rate} {who} {what}: {row['samples_per_s']:,.0f} samples/s, "
-                              f"{args.target:.0%} at {'never' if tt is None else f'{tt:.1f} s'}, final "
-                              f"{row['final_accuracy']:.4f}, {row['mb_per_step']:.3f} MB/step", file=sys.stderr,
+                        print(f"commbench: {rate} {who} {what}: {summary(row, args.target)}", file=sys.stderr,
                               flush=True)
                 finally:
                     cluster.down()
@@ -244,12 +259,16 @@ def main(argv=None):
     if args.json == "-":
         print(json.dumps(result, indent=1))
         return 0
-    print(f"{'rate':8} {'run':18} {'samples/s':>10} {'to ' + format(args.target, '.0%'):>8} {'final':>7} {'MB/step':>8}")
+    print(f"{'rate':8} {'run':18} {'samples/s':>10} {'to ' + format(args.target, '.0%'):>8} {'final':>7} "
+          f"{'MB/step':>8}")
     for r in rows:
+        if "error" in r:
+            print(f"{r['rate']:8} {r['who'] + ' ' + r['sync']:18} failed: {r['error'].splitlines()[0][:60]}")
+            continue
         tt = "never" if r["time_to_target_s"] is None else f"{r['time_to_target_s']:.1f} s"
         print(f"{r['rate']:8} {r['who'] + ' ' + r['sync']:18} {r['samples_per_s']:>10,.0f} {tt:>8} "
               f"{r['final_accuracy']:>7.4f} {r['mb_per_step']:>8.3f}")
-    return 0
+    return 1 if any("error" in r for r in rows) else 0
 
 
 if __name__ == "__main__":
