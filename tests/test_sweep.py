@@ -262,7 +262,8 @@ def test_ctrl_c_ends_the_running_point_and_leaves_nothing_behind(tmp_path, spira
 
     out = tmp_path / "s"
     cmd = [sys.executable, "-m", "distnet", "sweep", "spirals-mlp", "--data", str(spirals_data), "--out", str(out),
-           "--batch-sizes", "256", "--epochs", "500", "--target", "accuracy=0.999", "--no-progress"]
+           "--batch-sizes", "256", "--epochs", "20000", "--target", "accuracy=0.999", "--no-progress"]
+    # (20000 epochs, minutes: the point must still run when the signal comes; 500 ended first on a busy machine)
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
     metrics = out / "b00256-lr1-s0" / "metrics.jsonl"
     deadline = time.monotonic() + 120
