@@ -89,7 +89,7 @@ def measure(run, target, **row):
                 mb_per_step=r["link_bytes"] / r["steps"] / 1e6)
 
 
-def summary(row, target):
+def report_line(row, target):
     """The row's one-line report."""
     if "error" in row:
         return "failed: " + row["error"][-300:].replace("\n", " | ")
@@ -117,7 +117,7 @@ def distnet_run(cluster, args, sync, workdir):
     evals = [(m["time"] - t0, m["accuracy"]) for m in recs if m["event"] == "eval" and m["split"] == "test"]
     sps = [m["samples_per_s"] for m in recs if m["event"] == "train" and m.get("samples_per_s")]
     summary = next(m for m in recs if m["event"] == "summary")
-    phases = {k: v for k, v in summary.items() if k.startswith("ms_") and k.endswith("_mean")}  # train.profile
+    phases = {k: v for k, v in summary.items() if k.startswith("ms_") and k.endswith("_mean")}  # log.profile
     return dict(samples_per_s=sorted(sps)[len(sps) // 2], evals=evals, steps=summary["steps"], link_bytes=sent,
                 **({"phases_ms": phases} if phases else {}))
 
@@ -242,7 +242,7 @@ def main(argv=None):
                             (lambda w=what, p=port: ddp_run(cluster, args, w, workdir, p))
                         row = measure(run, args.target, rate=rate, probe_gbit_s=probe, who=who, sync=what)
                         rows.append(row)
-                        print(f"commbench: {rate} {who} {what}: {summary(row, args.target)}", file=sys.stderr,
+                        print(f"commbench: {rate} {who} {what}: {report_line(row, args.target)}", file=sys.stderr,
                               flush=True)
                 finally:
                     cluster.down()

@@ -43,11 +43,11 @@ def test_a_failed_run_is_a_row_and_the_others_are_kept():
     ok = dict(samples_per_s=1000.0, evals=[(1.0, 0.5), (2.0, 0.9)], steps=10, link_bytes=2e6)
     good = commbench.measure(lambda: ok, 0.88, rate="1gbit", who="distnet", sync="bucketed")
     assert good["time_to_target_s"] == 2.0 and good["final_accuracy"] == 0.9 and good["mb_per_step"] == 0.2
-    assert "MB/step" in commbench.summary(good, 0.88)
+    assert "MB/step" in commbench.report_line(good, 0.88)
 
     def crash():
         raise RuntimeError("DDP hook powersgd failed: gloo\nReceived data size doesn't match")
 
     bad = commbench.measure(crash, 0.88, rate="1gbit", who="DDP", sync="powersgd")
     assert bad["error"].startswith("DDP hook powersgd failed") and "samples_per_s" not in bad
-    assert commbench.summary(bad, 0.88).startswith("failed: DDP hook powersgd failed: gloo | Received")
+    assert commbench.report_line(bad, 0.88).startswith("failed: DDP hook powersgd failed: gloo | Received")
