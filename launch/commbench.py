@@ -263,7 +263,8 @@ def main(argv=None):
           f"{'MB/step':>8}")
     for r in rows:
         if "error" in r:
-            print(f"{r['rate']:8} {r['who'] + ' ' + r['sync']:18} failed: {r['error'].splitlines()[0][:60]}")
+            print(f"{r['rate']:8} {r['who'] + ' ' + r['sync']:18} failed: "
+                  f"{' | '.join(x for x in r['error'].splitlines() if x.strip())[:160]}")
             continue
         tt = "never" if r["time_to_target_s"] is None else f"{r['time_to_target_s']:.1f} s"
         print(f"{r['rate']:8} {r['who'] + ' ' + r['sync']:18} {r['samples_per_s']:>10,.0f} {tt:>8} "
