@@ -157,3 +157,12 @@ def test_a_world_of_one_where_the_launcher_started_more_is_a_user_error(spirals_
     # (mpi4py itself warns of an OMPI_* variable under an MPICH build; distnet says one line)
     lines = [x for x in r.stderr.splitlines() if x.startswith("distnet:")]
     assert len(lines) == 1 and f"{var}=2" in lines[0] and "srun --mpi=pmi2" in lines[0], r.stderr
+
+
+def test_a_run_ending_between_train_lines_writes_its_last_one(spirals_data, tmp_path):
+    """train.max_steps mid-epoch (and any end between two log_every steps): the last steps get their line."""
+    path = tmp_path / "m.jsonl"
+    train(in_process_config(spirals_data, "train.max_steps=7", "train.log_every=5", f'log.metrics="{path}"'))
+    lines = metrics(path)
+    assert [m["step"] for m in lines if m["event"] == "train"] == [5, 7]
+    assert [m["event"] for m in lines][-2:] == ["train", "summary"]

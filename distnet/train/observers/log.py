@@ -63,16 +63,20 @@ class Log(Observer):
         self.w_correct += stats.correct
         self.w_n += stats.count
         self.w_steps += 1
-        gs = run.pos.global_step
-        if gs % run.cfg["train"]["log_every"] and run.pos.step_in_epoch != run.steps_per_epoch:
-            return
+        self.last = stats
+        if run.pos.global_step % run.cfg["train"]["log_every"] == 0 or run.pos.step_in_epoch == run.steps_per_epoch:
+            self._write(run, stats)
+
+    def _write(self, run, stats):
+        """The train line of the steps since the last one, and the progress display's update."""
         now = time.perf_counter()
         trained_s = now - self.w_start - (run.paused_s - self.w_paused)  # evaluation and checkpoints left out
         sps = self.w_steps * run.batch / max(trained_s, 1e-9)
         loss, acc = self.w_loss / max(self.w_n, 1), self.w_correct / max(self.w_n, 1)
         extra = self.timer.summary() if self.timer is not None else {}
-        self.metrics.write("train", gs, epoch=epoch_label(run), loss=loss, accuracy=acc, lr=stats.lr,
-                           samples_per_s=sps, global_batch=run.batch, grad_norm=stats.grad_norm, **stats.sync, **stats.noise, **extra)
+        self.metrics.write("train", run.pos.global_step, epoch=epoch_label(run), loss=loss, accuracy=acc,
+                           lr=stats.lr, samples_per_s=sps, global_batch=run.batch, grad_norm=stats.grad_norm,
+                           **stats.sync, **stats.noise, **extra)
         self.progress.set_total(run.total_steps)  # a growing batch ("auto") takes fewer steps
         shown = {"noise": round(stats.noise["noise_scale"])} if stats.noise.get("noise_scale") is not None else {}
         self.progress.update(self.w_steps, loss=loss, acc=acc, sps=round(sps), **shown)
@@ -88,6 +92,8 @@ class Log(Observer):
         self.progress.line(text)
 
     def on_end(self, run):
+        if self.w_steps:  # the run ended between train lines (train.max_steps, a stop, a target mid-epoch)
+            self._write(run, self.last)
         self.progress.close()
 
     def summary(self, run, summary):
