@@ -187,3 +187,41 @@ def test_plan_needs_the_levels_it_uses(mlp_cal, tmp_path, capsys):
     # another calibration fills it in
     assert main(["plan", "fashion-mlp", "--calibration", str(tmp_path / "h.json"), "--calibration", str(mlp_cal),
                  "--nodes", "1,2"]) == 0
+
+
+class _Steps:
+    """A sweep's steps to target: S = S_min (1 + B_crit / B)."""
+
+    def __init__(self, s_min, b_crit):
+        from distnet.sweep.fit import Fit
+
+        self.fit = Fit(s_min=s_min, e_min=s_min * b_crit, b_crit=b_crit, rms_rel=0.0, n=5)
+        self.batches, self.steps = [64], [self.fit.steps(64)]
+
+    def __call__(self, b):
+        return self.fit.steps(b)
+
+    def perfect(self, b):
+        return self.steps[0] * 64 / b
+
+
+def _limit(tmp_path, link, b_crit, latency=None):
+    from distnet.scale import plan as PL
+
+    sm = M.StepModel([M.load(_cal(tmp_path / "c.json", 235_146, 940_584))], link=M.parse_link(link),
+                     latency=latency)
+    steps = _Steps(100, b_crit)
+    rows, _ = PL.predict(sm, [1, 2, 4, 8, 16, 32, 64], 1, [64 * 2 ** k for k in range(12)], steps)
+    return PL.scaling_limit(sm, rows, 1, steps)
+
+
+def test_why_more_nodes_stop_paying(tmp_path):
+    # a slow link and a large critical batch: the network ends scaling
+    nodes, why, gain = _limit(tmp_path, "100mbit", 1e6)
+    assert nodes is not None and why.startswith("the network") and gain < 1.25
+    # a fast, low-latency link and a small critical batch: past B_crit a bigger batch buys no steps
+    nodes, why, gain = _limit(tmp_path, "400gbit", 256, latency=1e-7)
+    assert nodes is not None and why.startswith("the critical batch")
+    # the same link at a cluster's usual latency: small per-rank batches wait on it as well
+    nodes, why, gain = _limit(tmp_path, "400gbit", 256, latency=50e-6)
+    assert why.startswith("both")

@@ -135,7 +135,8 @@ def _train(w, cfg, blas_threads, observers, signals):
     summary = dict(wall_s=time.perf_counter() - t_start, samples=run.samples, best_accuracy=best, ranks=w.size,
                    global_batch=run.batch, epochs=run.pos.epoch, steps=run.pos.global_step,
                    early_stopped=run.stop == "early stop", target_reached=run.stop == "target",
-                   param_hash=run.model.param_hash()[:16], last_accuracy=run.last_eval)
+                   param_hash=run.model.param_hash()[:16], last_accuracy=run.last_eval,
+                   off_clock_s=run.paused_s)  # evaluation and checkpoints: wall_s less this is training
     timer = next((o for o in observers if isinstance(o, StepTimer)), None)
     timings = None
     if timer is not None:
