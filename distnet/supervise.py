@@ -115,7 +115,8 @@ class Supervisor:
             code = self.start(ranks, attempt, resume)
             if code in FINAL or self.signalled:
                 return code
-            reason = f"the job failed (exit {code})" if code > 0 else f"the job was killed ({signal.Signals(-code).name})"
+            reason = (f"the job failed (exit {code})" if code > 0
+                      else f"the job was killed ({signal.Signals(-code).name})")
             if attempt >= a.max_restarts:
                 print(f"distnet run: {reason}; no restarts left (--max-restarts {a.max_restarts})",
                       file=sys.stderr, flush=True)

@@ -357,7 +357,7 @@ def benchmark(args, cluster, workdir):
                     warmup=warm, steps=steps, repeats=args.repeats)
 
     single = {}
-    for name, batch, warm, steps, layers, lr, params in cases:
+    for name, batch, warm, steps, layers, lr, _ in cases:
         d = ct.distnet_rates(MODELS[name], Path(args.data).resolve(), 1, batch, warm, steps, args.repeats, workdir,
                              args.seed)
         t = ct.torch_rates(job(batch, warm, steps, layers, lr), 1, workdir)

@@ -4,7 +4,8 @@
 
 Starts ``mpiexec -n RANKS distnet train PRESET`` with checkpoints every N steps, finds the ranks (the Python
 processes under that mpiexec), and at each epoch end (an ``eval`` line in the metrics) reads every rank's VmRSS
-from /proc (but the last epoch's: by then the run is freeing its data). Prints one JSON object: the samples, and per rank the growth from the end of the first epoch
+from /proc (but the last epoch's: by then the run is freeing its data). Prints one JSON object: the samples,
+and per rank the growth from the end of the first epoch
 (imports, the data and the arenas are all in place by then) to the end of the run, in MiB and percent.
 """
 

@@ -6,9 +6,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from distnet import build
+from distnet import build, init, losses, optim, schedules
 from distnet import config as C
-from distnet import init, losses, optim, schedules
 from distnet.errors import ConfigError, UserError
 from distnet.layers import LAYER_TYPES, AvgPool2D, Conv2D, ConvTranspose2D, Dense, MaxPool2D
 

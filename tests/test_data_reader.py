@@ -61,7 +61,7 @@ def test_memory_and_stream_modes_give_the_sampler_order_exactly(request, fixture
             assert reader.mode == mode
             results[mode] = list(reader.epoch(sampler, epoch=1))
     assert len(results["memory"]) == sampler.steps_per_epoch
-    for (step, idx), (xm, ym), (xs, ys) in zip(sampler.epoch_batches(1), results["memory"], results["stream"]):
+    for (_, idx), (xm, ym), (xs, ys) in zip(sampler.epoch_batches(1), results["memory"], results["stream"]):
         np.testing.assert_array_equal(ym, y_all[idx])
         np.testing.assert_array_equal(ys, y_all[idx])
         np.testing.assert_array_equal(xm, x_all[idx].astype(np.float32) / 255)

@@ -4,8 +4,25 @@ import numpy as np
 import pytest
 
 from distnet.errors import ConfigError
-from distnet.layers import (ELU, LAYERS, SELU, AvgPool2D, BatchNorm, Conv2D, ConvTranspose2D, Dense, Dropout,
-                            Flatten, LeakyReLU, MaxPool2D, ReLU, Sigmoid, Softmax, Softplus, Tanh)
+from distnet.layers import (
+    ELU,
+    LAYERS,
+    SELU,
+    AvgPool2D,
+    BatchNorm,
+    Conv2D,
+    ConvTranspose2D,
+    Dense,
+    Dropout,
+    Flatten,
+    LeakyReLU,
+    MaxPool2D,
+    ReLU,
+    Sigmoid,
+    Softmax,
+    Softplus,
+    Tanh,
+)
 from distnet.layers.gradcheck import numeric_grad, rel_error
 from distnet.losses import SoftmaxCrossEntropy
 from distnet.model import Sequential

@@ -3,9 +3,25 @@
 import numpy as np
 import pytest
 
-from distnet.layers import (ELU, SELU, AvgPool2D, BatchNorm, Conv2D, ConvTranspose2D, Dense, Dropout, Flatten,
-                            L2Pool2D, LeakyReLU, MaxPool2D, ReLU, Sigmoid, Softmax, Softplus, Tanh)
-
+from distnet.layers import (
+    ELU,
+    SELU,
+    AvgPool2D,
+    BatchNorm,
+    Conv2D,
+    ConvTranspose2D,
+    Dense,
+    Dropout,
+    Flatten,
+    L2Pool2D,
+    LeakyReLU,
+    MaxPool2D,
+    ReLU,
+    Sigmoid,
+    Softmax,
+    Softplus,
+    Tanh,
+)
 from distnet.layers.gradcheck import check_layer
 
 F64 = np.float64

@@ -25,7 +25,7 @@ def test_the_lecture_network_from_built_layers_works_at_once():
             assert np.shares_memory(layer.grads[name], model.grads_flat)
     x = np.random.default_rng(0).standard_normal((3, 784)).astype(np.float32)
     h = x
-    for layer, params in zip(layers, before):  # forward as the layers computed it before
+    for _, params in zip(layers, before):  # forward as the layers computed it before
         h = h @ params["W"] + params["b"] if params else 1 / (1 + np.exp(-h))
     np.testing.assert_allclose(model.forward(x), h, rtol=1e-5)
     model.backward(np.ones((3, 10), np.float32))

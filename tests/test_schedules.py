@@ -5,8 +5,7 @@ import math
 import pytest
 
 from distnet.errors import ConfigError
-from distnet.schedules import (Constant, Cosine, Exponential, OneCycle, Piecewise, Power, Warmup, make_schedule,
-                               scale_lr)
+from distnet.schedules import Constant, Cosine, Exponential, OneCycle, Piecewise, Power, Warmup, make_schedule, scale_lr
 
 approx = pytest.approx
 

@@ -76,7 +76,8 @@ def test_a_signal_to_the_supervisor_stops_the_job_gracefully_and_ends_supervisio
     out = tmp_path / "s"
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", PYTHONUNBUFFERED="1",
                DISTNET_FAULT="sleep@0:10")  # rank 0 pauses before step 10: the signal lands in a running job
-    proc = subprocess.Popen([sys.executable, "-m", "distnet", "run", "-n", "2", "--", *map(str, job(spirals_data, out))],
+    proc = subprocess.Popen([sys.executable, "-m", "distnet", "run", "-n", "2", "--",
+                             *map(str, job(spirals_data, out))],
                             stderr=subprocess.PIPE, text=True, env=env)
     try:
         end = time.monotonic() + 60

@@ -89,7 +89,7 @@ def run(args):
     rows = []
     for nbytes in sizes(args.min_bytes, args.max_bytes):
         buf = np.ones(nbytes // 4, np.float32)
-        t = median_time(w, lambda: w.allreduce(buf), args.reps)
+        t = median_time(w, lambda buf=buf: w.allreduce(buf), args.reps)
         rows.append({"bytes": nbytes, "time_us": t * 1e6,
                      "busbw_GBps": (2 * (p - 1) / p * nbytes / t / 1e9) if p > 1 and t > 0 else None})
     models = [model_sync(w, m, args.batch_size, args.bucket_mb, args.reps)

@@ -24,11 +24,11 @@ import time
 import numpy as np
 
 from .. import comm
+from ..blas import set_blas_threads
 from ..layers import Conv2D, Dense
 from ..losses import SoftmaxCrossEntropy
 from ..model import Sequential
 from .peak import matmul_seconds, sgemm_peak
-from ..blas import set_blas_threads
 from .step import cnn, mlp
 
 PEAK_SIZE = 1024

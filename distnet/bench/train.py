@@ -32,8 +32,8 @@ import numpy as np
 
 from .. import comm
 from .. import config as C
-from ..errors import UserError
 from ..blas import set_blas_threads
+from ..errors import UserError
 from ..train.loop import train
 from ..train.profile import PHASES, last_arrival
 from .allreduce import median_time

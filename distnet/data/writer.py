@@ -10,8 +10,16 @@ import numpy as np
 
 from ..errors import DataError
 from ..outputs import check_folder
-from .layout import FORMAT_VERSION, channel_stats, encode, foreign_entries, listing, pixel_scale, sha256_rows, \
-    shard_name
+from .layout import (
+    FORMAT_VERSION,
+    channel_stats,
+    encode,
+    foreign_entries,
+    listing,
+    pixel_scale,
+    sha256_rows,
+    shard_name,
+)
 
 COMPRESS_CHUNK_BYTES = 16 << 10  # small: random access decompresses a whole chunk per sample
 

@@ -13,8 +13,22 @@ import numpy as np
 from .. import init as initializers
 from ..errors import ConfigError
 from .base import Layer, register
-from .im2col import (CHWN, CNHW, NCHW, Scratch, col2im, cols_shape, conv_output_size, im2col, layout_shape, pad_into,
-                     padding_amounts, pair, to_nchw, unpad)
+from .im2col import (
+    CHWN,
+    CNHW,
+    NCHW,
+    Scratch,
+    col2im,
+    cols_shape,
+    conv_output_size,
+    im2col,
+    layout_shape,
+    pad_into,
+    padding_amounts,
+    pair,
+    to_nchw,
+    unpad,
+)
 
 
 def _kernel_text(k):

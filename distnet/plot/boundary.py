@@ -19,8 +19,8 @@ GRID = 300  # cells per axis
 def load(args):
     """(model, loss, split) for the checkpoint and data of ARGS."""
     from .. import build
-    from ..data import open_dataset
     from ..config import data_path
+    from ..data import open_dataset
     from ..train.evalcli import load_member, resolve
 
     path = resolve(args.boundary)

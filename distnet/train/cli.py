@@ -23,7 +23,8 @@ def add_arguments(p):
     p.add_argument("--checkpoint-every", type=int, metavar="STEPS", help="checkpoint.every")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the folder")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override any config key (TOML value syntax), e.g. --set optimizer.name=momentum --set optimizer.momentum=0.95")
+                   help="override any config key (TOML value syntax), e.g. --set optimizer.name=momentum "
+                        "--set optimizer.momentum=0.95")
     p.add_argument("--profile", action="store_true",
                    help="record the step-time breakdown (data, forward, backward, comm, optimizer) in the metrics")
     p.add_argument("--trace", metavar="FILE", help="write a Chrome trace-event timeline of every rank's phases")

@@ -7,9 +7,8 @@ import sys
 
 import numpy as np
 
-from .. import build
+from .. import build, comm
 from .. import checkpoint as ckpt
-from .. import comm
 from .. import config as C
 from ..errors import UserError
 from . import assess

@@ -17,9 +17,8 @@ import sys
 
 import numpy as np
 
-from .. import build
+from .. import build, comm
 from .. import checkpoint as ckpt
-from .. import comm
 from .. import config as C
 from ..errors import UserError
 
@@ -167,7 +166,8 @@ def figure(result, path, title=""):
     ax.plot(m, np.exp(s_icpt) * m ** s_slope, "-", color="C1", lw=1, label=f"fit: slope {s_slope:.3f}")
     if result.get("trace"):
         s2, n = result["trace"], result["samples"]
-        ax.plot(m, s2 / m, ":", color="gray", label=r"$\sigma^2/m$ and $\sigma/\sqrt{m}$ ($\sigma^2$ = tr $\Sigma$ from the fit)")
+        ax.plot(m, s2 / m, ":", color="gray",
+                label=r"$\sigma^2/m$ and $\sigma/\sqrt{m}$ ($\sigma^2$ = tr $\Sigma$ from the fit)")
         ax.plot(m, np.sqrt(s2 / m), ":", color="gray")
         ax.plot(m, s2 * (1 / m - 1 / n), "--", color="gray", lw=0.8,
                 label=rf"$\sigma^2(1/m - 1/N)$: drawn without replacement, N = {n}")

@@ -27,7 +27,7 @@ class Stats:
     skipped: str = ""  # why the update was skipped ("" = applied)
     stop_votes: float = 0.0  # how many ranks asked to stop at this step (``run.stop_vote``)
     sync: dict = field(default_factory=dict)  # what the gradient-sync strategy measured
-    noise: dict = field(default_factory=dict)  # the gradient noise scale so far (``train.noise_every``; see ``noise.py``)
+    noise: dict = field(default_factory=dict)  # the gradient noise scale so far (train.noise_every; noise.py)
 
 
 def step(run, x, y, index):

@@ -28,8 +28,6 @@ gradients, instead of at ``begin``).
 """
 
 import time
-
-import numpy as np
 from collections import namedtuple
 
 import numpy as np

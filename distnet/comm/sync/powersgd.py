@@ -48,7 +48,7 @@ class PowerSGD(Sync):
         plain = []
         for i in reversed(range(len(model.layers))):
             mats, rest = [], []
-            for name, g in model.layers[i].grads.items():
+            for g in model.layers[i].grads.values():
                 lo = (g.ctypes.data - base) // size
                 sl = slice(lo, lo + g.size)
                 n, m = (g.shape[0], g.size // g.shape[0]) if g.ndim >= 2 else (1, g.size)

@@ -52,7 +52,8 @@ class Zero(Sharded, Bucketed):
 
     def __init__(self, w, model, bucket_bytes=1 << 20, split_bytes=256 << 10):
         super().__init__(w, model, bucket_bytes=bucket_bytes, split_bytes=split_bytes)
-        self.plan = []  # per bucket: (its slice of the arena, the parts' sizes, this rank's slice, its slice of the shard)
+        # per bucket: (its slice of the arena, the parts' sizes, this rank's slice, its slice of the shard)
+        self.plan = []
         at = 0
         for _, sl in self.buckets:
             counts = parts(sl.stop - sl.start, w.size)

@@ -19,7 +19,6 @@ from ...errors import ConfigError
 from .base import Observer
 from .signals import received
 
-
 KINDS = ("raise", "nan", "crash", "sleep", "slow-save")
 
 
@@ -46,7 +45,7 @@ class FaultInjector(Observer):
             rank, step = (int(v) for v in where.split(":"))
             assert kind in KINDS
         except (ValueError, AssertionError):
-            raise ConfigError(f"DISTNET_FAULT={spec!r}: expected KIND@RANK:STEP with KIND {', '.join(KINDS)}")
+            raise ConfigError(f"DISTNET_FAULT={spec!r}: expected KIND@RANK:STEP with KIND {', '.join(KINDS)}") from None
         return cls(kind, rank, step, my_rank)
 
     def on_batch(self, run, x, y):

@@ -34,7 +34,7 @@ class Log(Observer):
         self.w_start, self.w_paused = time.perf_counter(), self.run.paused_s
 
     def on_start(self, run):
-        tc, p, B, k = run.cfg["train"], run.world.size, run.batch, run.cfg["train"]["accumulate"]
+        p, B, k = run.world.size, run.batch, run.cfg["train"]["accumulate"]
         a = self.about
         skipped = {"skipped_checkpoints": run.skipped_checkpoints} if run.skipped_checkpoints else {}
         self.metrics.write("start", run.pos.global_step, epoch=epoch_label(run), ranks=p, global_batch=B,
