@@ -17,6 +17,7 @@ COMMANDS = {
     "sweep": ("distnet.sweep.cli", "batch-size scaling sweeps: steps to a target, the critical batch size"),
     "plot": ("distnet.plot.cli", "figures (PNG): learning curves of runs, decision regions"),
     "run": ("distnet.supervise", "start a training job and restart it from its checkpoint when it fails"),
+    "calibrate": ("distnet.scale.calibrate", "measure a config's step and the network, for distnet plan"),
     "plan": ("distnet.scale.plan", "predict step time, samples/s and time to target for N nodes x R ranks"),
 }
 

@@ -85,6 +85,10 @@ class SerialWorld:
     def barrier(self):
         pass
 
+    def split(self, color, key=0):
+        """A world of the ranks that gave the same ``color`` (None: this rank is in no group, gets None)."""
+        return None if color is None else self
+
     def abort(self, code):
         sys.stdout.flush()
         sys.stderr.flush()
@@ -159,6 +163,9 @@ class MPIWorld(SerialWorld):
     def barrier(self):
         self.waitall([self.comm.Ibarrier()])
 
+    def split(self, color, key=0):
+        return SubWorld(self, self.comm.Split(int(color), int(key)))
+
     def shared(self, counts, dtype):
         """One array per rank, rank k's of ``counts[k]`` elements of ``dtype``, in memory that every rank reads
         and writes directly (an MPI shared-memory window; collective, every rank on one host: ``local_size ==
@@ -198,6 +205,36 @@ class MPIWorld(SerialWorld):
 
     def library(self):
         return " ".join(self.MPI.Get_library_version().strip().splitlines()[0].split())
+
+
+class SubWorld(MPIWorld):
+    """A sub-communicator of an ``MPIWorld`` (``split``) with the same collectives. Its waits are bounded by the
+    parent's watchdog (which probes and names ranks of the parent world), and it is where the parent is: its
+    ``step`` and ``phase`` are the parent's."""
+
+    def __init__(self, parent, sub):
+        self.parent, self.MPI, self.comm = parent, parent.MPI, sub
+        self.rank, self.size = sub.Get_rank(), sub.Get_size()
+        self.ctl, self.watchdog, self.windows = parent.ctl, parent.watchdog, []
+        self.ranks = self.allgather(parent.rank)  # the parent's rank of each of this world's ranks
+        self.whois = [parent.whois[r] for r in self.ranks]
+        self.local_size = sum(host == self.whois[self.rank][0] for host, _ in self.whois)
+
+    step = property(lambda self: self.parent.step, lambda self, v: setattr(self.parent, "step", v))
+    phase = property(lambda self: self.parent.phase, lambda self, v: setattr(self.parent, "phase", v))
+
+    def watch(self, warn_s, abort_s, io_abort_s=0.0):
+        self.parent.watch(warn_s, abort_s, io_abort_s)
+
+    def split(self, color, key=0):
+        return SubWorld(self.parent, self.comm.Split(int(color), int(key)))
+
+    def free(self):
+        if self.comm != self.MPI.COMM_NULL:
+            self.comm.Free()
+
+    def abort(self, code):
+        self.parent.abort(code)
 
 
 def hosts(w):
