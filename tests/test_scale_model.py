@@ -22,8 +22,9 @@ def test_ring_recursive_doubling_and_rabenseifner_by_hand():
     assert K.recursive_doubling(5, 1e3, a, beta) == pytest.approx(3 * (1e-5 + 1e-6))
     # Rabenseifner, 4 ranks: 2 log2(4) alpha + 2*3/4 n/beta
     assert K.rabenseifner(4, 1e6, a, beta) == pytest.approx(4e-5 + 1.5e-3)
-    # 3 ranks: over 2 (2 alpha + n/beta) plus the hand-off and return of the third rank's vector
-    assert K.rabenseifner(3, 1e6, a, beta) == pytest.approx(2e-5 + 1e-3 + 2 * (1e-5 + 1e-3))
+    # 3 ranks: over 2 (2 alpha + n/beta) plus the hand-off and return of the third rank's vector, which load
+    # the partner's link with n more bytes (2 n in all) in two more rounds of latency
+    assert K.rabenseifner(3, 1e6, a, beta) == pytest.approx(2e-5 + 1e-3 + 2e-5 + 1e-3)
     assert K.reduce_scatter(4, 1e6, a, beta) == pytest.approx(2e-5 + 0.75e-3)
     for f in (K.ring, K.recursive_doubling, K.rabenseifner, K.reduce_scatter):
         assert f(1, 1e6, a, beta) == 0.0

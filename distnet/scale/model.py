@@ -250,12 +250,16 @@ class StepModel:
                 comm = rs + ag
                 exposed = max(rs - hidden_frac * comp["backward"], 0.0) + ag + stats
                 updated = math.ceil(self.params / p)
+            elif s in ("fp16", "bf16"):  # MPI cannot sum 16-bit values: every rank's buckets are allgathered
+                lv = inter if nodes > 1 else intra
+                comm = 1e3 * collectives.allgather(p, p * wire, *lv)
+                exposed = max(comm - hidden_frac * comp["backward"], 0.0) + stats
+                # one compression and P decompressions a step; calibrated: one of each, taken as equal halves
+                extra = float(self.extra_ms_per_param or 0.0) * self.params * (1 + p) / 2
             else:
                 comm = 1e3 * collectives.hierarchical(lib, nodes, per_node, wire, intra, inter)
                 hidden = 0.0 if s == "flat" else hidden_frac * comp["backward"]
                 exposed = max(comm - hidden, 0.0) + stats
-                if s in ("fp16", "bf16"):
-                    extra = float(self.extra_ms_per_param or 0.0) * self.params
         opt = self.ms_per_param * updated
         total = sum(comp.values()) + exposed + opt + extra
         return {"nodes": nodes, "ranks_per_node": per_node, "ranks": p, "batch": batch, "per_rank": b,
