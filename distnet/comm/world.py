@@ -86,8 +86,13 @@ class SerialWorld:
         pass
 
     def split(self, color, key=0):
-        """A world of the ranks that gave the same ``color`` (None: this rank is in no group, gets None)."""
+        """A world of the ranks that gave the same ``color`` (an int >= 0; None: this rank is in no group and
+        gets None), ranked by ``key`` (ties: by rank here); collective. ``free()`` it when done. A world of one
+        is its own split."""
         return None if color is None else self
+
+    def free(self):
+        """Release a split's communicator (nothing for a world itself)."""
 
     def abort(self, code):
         sys.stdout.flush()
@@ -164,7 +169,7 @@ class MPIWorld(SerialWorld):
         self.waitall([self.comm.Ibarrier()])
 
     def split(self, color, key=0):
-        return SubWorld(self, self.comm.Split(int(color), int(key)))
+        return _split(self, self.comm, color, key)
 
     def shared(self, counts, dtype):
         """One array per rank, rank k's of ``counts[k]`` elements of ``dtype``, in memory that every rank reads
@@ -227,7 +232,7 @@ class SubWorld(MPIWorld):
         self.parent.watch(warn_s, abort_s, io_abort_s)
 
     def split(self, color, key=0):
-        return SubWorld(self.parent, self.comm.Split(int(color), int(key)))
+        return _split(self.parent, self.comm, color, key)
 
     def free(self):
         if self.comm != self.MPI.COMM_NULL:
@@ -235,6 +240,11 @@ class SubWorld(MPIWorld):
 
     def abort(self, code):
         self.parent.abort(code)
+
+
+def _split(parent, comm, color, key):
+    sub = comm.Split(parent.MPI.UNDEFINED if color is None else int(color), int(key))
+    return None if sub == parent.MPI.COMM_NULL else SubWorld(parent, sub)
 
 
 def hosts(w):

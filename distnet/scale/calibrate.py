@@ -111,27 +111,47 @@ def compute(w, cfg, batches, budget, train_size, notes):
     from ..bench.train import measured
     from ..train.loop import train
 
-    rows, last, est_ms = [], None, None
+    rows, last, est_ms, prev = [], None, None, None
     for b in batches:
         per_epoch = train_size // (b * w.size)
         if per_epoch < 2:
             notes.append(f"per-rank batch {b} left out: {train_size:,} training samples make fewer than 2 steps of "
                          f"{b * w.size} on {w.size} rank(s)")
             continue
-        steps = MAX_STEPS if est_ms is None else int(min(MAX_STEPS, max(MIN_STEPS, 1e3 * budget / est_ms)))
-        steps = min(steps, per_epoch * 3)
-        res = train(_config_at(cfg, b * w.size, WARMUP + steps))
-        m = measured(res, WARMUP)
+        if est_ms is None:  # the first batch: a short run says how long a step takes (the same on every rank)
+            res = train(_config_at(cfg, b * w.size, total_steps(per_epoch, MIN_STEPS)))
+            m = measured(res, WARMUP)
+            steps = budget_steps(budget, m["wall_ms_per_step"])
+            if steps > 2 * MIN_STEPS:  # worth measuring again, longer
+                res = train(_config_at(cfg, b * w.size, total_steps(per_epoch, steps)))
+                m = measured(res, WARMUP)
+        else:  # a step's time grows at most in proportion to the batch
+            res = train(_config_at(cfg, b * w.size, total_steps(per_epoch, budget_steps(budget, est_ms * b / prev))))
+            m = measured(res, WARMUP)
         per_rank = np.array([[q[k] for k in ("data", "forward", "backward")] for q in m["per_rank_phases_ms"]])
         rows.append({"batch": b, "phases": m["phases_ms"], "median": dict(zip(("data", "forward", "backward"),
                                                                                np.median(per_rank, axis=0).tolist())),
                      "last_arrival": m["comm_last_arrival_ms"], "steps": m["steps_measured"]})
-        est_ms = m["step_ms"] * 2  # the next batch is about twice the work
-        last = res
+        est_ms, prev, last = m["wall_ms_per_step"], b, res
     if not rows:
-        raise UserError(f"no per-rank batch in --batches fits the training split ({train_size:,} samples) on "
-                        f"{w.size} rank(s): give smaller --batches")
+        raise comm.Stop(f"no per-rank batch in --batches fits the training split ({train_size:,} samples) on "
+                        f"{w.size} rank(s): give smaller --batches", 2)  # every rank decides alike
     return rows, last
+
+
+def budget_steps(budget, step_ms):
+    """Measured steps that take about ``budget`` seconds at ``step_ms`` each, within MIN_STEPS..MAX_STEPS."""
+    return int(min(MAX_STEPS, max(MIN_STEPS, 1e3 * budget / max(step_ms, 1e-6))))
+
+
+def total_steps(per_epoch, steps):
+    """Steps to run so that ``steps`` of them are measured: those after WARMUP, less each epoch's first (its
+    reader's start), as ``bench.train.measured`` counts them."""
+    total, counted = WARMUP, 0
+    while counted < steps:
+        counted += total % per_epoch != 0
+        total += 1
+    return total
 
 
 def sizes(grad_bytes):
@@ -204,21 +224,57 @@ def _first_of(hosts, names, level, per_host):
     return 0
 
 
-def run(args):
+def check_out(path):
+    """``--out`` names a file distnet may write or replace, in a folder that exists and is writable."""
     from ..outputs import check_file
 
+    path = Path(path)
+    if not path.parent.is_dir():
+        what = "is not a folder" if path.parent.exists() else "does not exist"
+        raise UserError(f"--out {path}: its folder {path.parent} {what}: create it or choose another --out")
+    check_file(path, "calibration file", "--out", is_calibration)
+
+
+def write(cal, path):
+    """Write the file atomically (a temporary beside it, fsynced, renamed); a failure leaves nothing behind."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w") as f:
+            f.write(json.dumps(cal, indent=1) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise UserError(f"cannot write {path}: {e.strerror or e}: free space or choose another --out") from None
+
+
+def run(args):
     w = comm.world()
     threads = set_blas_threads(1)
     try:
         batches = parse_batches(args.batches)
         if not args.budget > 0:
             raise UserError(f"--budget {args.budget}: give a positive number of seconds")
-        check_file(args.out, "calibration", "--out", is_calibration)
         cfg = base_config(args)
     except UserError as e:  # every rank parses the same: all fail alike, rank 0 says it
         if w.rank == 0:
             print(f"distnet: error: {e}", file=sys.stderr, flush=True)
         return e.exit_code
+    problem = None
+    if w.rank == 0:  # the writer checks where it writes (other hosts may not see that folder), before measuring
+        try:
+            check_out(args.out)
+        except UserError as e:
+            problem = str(e)
+    problem = w.bcast(problem)
+    if problem:
+        if w.rank == 0:
+            print(f"distnet: error: {problem}", file=sys.stderr, flush=True)
+        return 2
     t0 = time.perf_counter()
     out = {}
 
@@ -226,11 +282,14 @@ def run(args):
         from ..data import open_dataset
 
         notes = []
-        try:
-            data = open_dataset(C.data_path(cfg))
+        with comm.agreed(w):  # a rank may miss the data alone (its host's copy): all stop, one line
+            folder = C.data_path(cfg)
+            if not Path(folder).exists():  # as distnet train says it
+                name = cfg["data"]["dataset"] or "NAME"
+                raise UserError(f"dataset folder {folder} does not exist: run 'distnet data prepare {name} --out "
+                                f"{folder}' or pass --data DIR")
+            data = open_dataset(folder)
             train_size = len(data["train"]) - int(round(len(data["train"]) * cfg["data"]["val_fraction"]))
-        except UserError as e:
-            raise comm.Stop(str(e), 2) from None
         rows, res = compute(w, cfg, batches, args.budget, train_size, notes)
         run_ = res.run
         model, sync = run_.model, run_.sync.name
@@ -245,13 +304,20 @@ def run(args):
 
             flat = 1e3 * median_time(w, lambda: w.allreduce(buf), 20)
         net = network(w, grad_bytes, library)
-        hidden, extra_ms, extra_pp = None, None, None
+        hidden, extra_ms, extra_pp, hidden_ms, share = None, None, None, None, None
         if w.size > 1 and sync not in ("shm", "flat"):
             fr = [min(max((flat - r["last_arrival"]) / r["phases"]["backward"], 0.0), 1.0)
                   for r in rows if r["last_arrival"] is not None and r["phases"]["backward"] > 0]
             hidden = float(np.median(fr)) if fr else None
+            # the same per batch in ms, and as a share of the allreduce: on a fast link the hidden time is about
+            # constant, so its fraction of backward falls as 1/b and the median fits only the middle batches
+            hidden_ms = [None if r["last_arrival"] is None else flat - r["last_arrival"] for r in rows]
+            shares = [min(max(h / flat, 0.0), 1.0) for h in hidden_ms if h is not None and flat > 0]
+            share = float(np.median(shares)) if shares else None
         if sync == "shm":
             extra_ms = float(np.median([r["phases"]["comm"] for r in rows]))
+            notes.append("comm.sync shm (one host) sends no gradient: no overlap is measured; for a plan across "
+                         "hosts calibrate with --set comm.sync=\"bucketed\" (auto's choice there)")
         if sync in ("fp16", "bf16"):
             s = run_.sync
             g = model.grads_flat
@@ -260,7 +326,7 @@ def run(args):
             for _ in range(5):
                 s.compress(g, row, s.f32, s.u32)
                 s.decompress(row, s.f32, s.u32)
-            extra_pp = (time.perf_counter() - t) / 5 * 1e3 / params * w.size  # P decompressions per step
+            extra_pp = (time.perf_counter() - t) / 5 * 1e3 / params  # one compression and one decompression
         updated = -(-params // w.size) if sync in ("zero", "shm") else params
         opt = float(np.median([r["phases"]["optimizer"] for r in rows])) / updated
         hosts = comm.hosts(w)
@@ -275,7 +341,7 @@ def run(args):
                         "launcher": _launcher(w.size), "python": platform.python_version(),
                         "numpy": np.__version__},
             "sync": {"strategy": sync, "hidden_fraction": hidden, "flat_allreduce_ms": flat, "extra_ms": extra_ms,
-                     "extra_ms_per_param": extra_pp},
+                     "extra_ms_per_param": extra_pp, "hidden_ms": hidden_ms, "hidden_share_of_allreduce": share},
             "compute": {"ranks": w.size, "batches": [r["batch"] for r in rows],
                         "phases_ms": {k: [r["phases"][k] for r in rows] for k in
                                       ("data", "forward", "backward", "comm", "optimizer")},
@@ -288,17 +354,15 @@ def run(args):
         if w.size == 1:
             notes.append("one rank: compute only; run under mpiexec/srun on the machines to be modelled for the "
                          "network")
+        out["cal"]["seconds"] = round(time.perf_counter() - t0, 1)
+        with comm.agreed(w):  # a failed write (disk full) stops every rank with exit 2
+            if w.rank == 0:
+                write(out["cal"], Path(args.out))
 
     code = comm.run_on_every_rank(w, body)
     if code or w.rank != 0:
         return code
-    cal = out["cal"]
-    cal["seconds"] = round(time.perf_counter() - t0, 1)
-    path = Path(args.out)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(cal, indent=1) + "\n")
-    tmp.replace(path)
-    summarize(cal, path)
+    summarize(out["cal"], Path(args.out))
     return 0
 
 
@@ -328,6 +392,13 @@ def summarize(cal, path, file=None):
     if s["hidden_fraction"] is not None:
         say(f"overlap: {100 * s['hidden_fraction']:.0f} % of backward hides communication (one plain allreduce "
             f"of the gradient {s['flat_allreduce_ms']:.3f} ms)")
+    if s.get("hidden_share_of_allreduce") is not None:
+        say(f"  = {100 * s['hidden_share_of_allreduce']:.0f} % of that allreduce hidden (median over batches; "
+            "ms hidden per batch: " + ", ".join("-" if h is None else f"{h:.3f}" for h in s["hidden_ms"]) + ")")
+    if s["extra_ms"] is not None:
+        say(f"{s['strategy']}: its own cost (sums and fences) {s['extra_ms']:.3f} ms per step (median over batches)")
+    if s["extra_ms_per_param"] is not None:
+        say(f"{s['strategy']}: casting to the wire and back {1e6 * s['extra_ms_per_param']:.3f} ns per parameter")
     for n in cal["notes"]:
         say(f"note: {n}")
     say(f"wrote {path} in {cal['seconds']:.0f} s")
