@@ -226,3 +226,27 @@ def test_a_failed_write_is_a_user_error_and_leaves_nothing(tmp_path):
         write({"format": "distnet-calibration"}, tmp_path / "gone" / "cal.json")
     write({"format": "distnet-calibration"}, tmp_path / "cal.json")
     assert [p.name for p in tmp_path.iterdir()] == ["cal.json"]
+
+
+@pytest.mark.mpi
+def test_plan_predicts_a_two_rank_run_from_a_calibration_made_here(fashion_data, tmp_path):
+    """Calibrate fashion-mlp on 2 ranks, predict global batch 256 on 1 node x 2 ranks, measure it with
+    bench train. Six repeats on a quiet 2-core VM: predicted / measured 0.93-1.06; with other jobs on the
+    machine it reached 1.32. The bound, a factor 1.5 either way, takes that noise; a wrong model (the compute
+    of the global batch instead of the per-rank one, the gradient's bytes counted once per rank, no
+    optimizer) misses by 2x or more."""
+    cal = tmp_path / "cal.json"
+    sync = ["--set", 'comm.sync="bucketed"']
+    r = run_distnet(["calibrate", "fashion-mlp", "--data", fashion_data, "--out", cal, "--batches", "32,128,512",
+                     "--budget", "0.5", *sync], n=2, timeout=180)
+    assert r.returncode == 0, r.stderr
+    r = run_distnet(["plan", "fashion-mlp", "--calibration", cal, "--nodes", "1", "--ranks-per-node", "2",
+                     "--batch-sizes", "256", "--sync", "bucketed", "--json"], timeout=60)
+    assert r.returncode == 0, r.stderr
+    row = json.loads(r.stdout)["rows"][0]
+    assert (row["nodes"], row["ranks"], row["per_rank"]) == (1, 2, 128)
+    r = run_distnet(["bench", "train", "fashion-mlp", "--data", fashion_data, "--batch-size", 256, "--steps", 60,
+                     "--no-baseline", "--json", *sync], n=2, timeout=180)
+    assert r.returncode == 0, r.stderr
+    measured = json.loads(r.stdout.strip().splitlines()[-1])["samples_per_s"]
+    assert 1 / 1.5 < row["samples_per_s"] / measured < 1.5, (row, measured)
