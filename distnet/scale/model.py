@@ -8,10 +8,11 @@ nodes x ranks per node at any global batch, split into compute, exposed communic
          + the strategy's own compute                     casts (fp16/bf16), shared-memory sums (shm)
 
 Compute at a per-rank batch between two measured ones is interpolated in log-log; past the largest it grows by
-the last measured segment's time per sample, below the smallest by the first segment's power law. The hidden
-part of the communication is ``hidden_fraction`` x backward(b): the fraction of backward during which MPI moved
-the gradient at calibration (MPI progresses non-blocking transfers only while the ranks call into it, between
-layers here; with no progress thread that fraction is small and measured, not assumed).
+the last measured segment's time per sample, below the smallest by the first segment's power law. The exposed
+communication starts from what the calibration measured at that per-rank batch with the same strategy (rank
+0's wait: what backward did not hide, and its wait for slower ranks), and adds what the plan's collectives
+take beyond the calibration's own setting (step()). How much of an allreduce backward hides is no constant
+fraction of either: measured, it grew with backward up to a share of the allreduce and stopped there.
 """
 
 import json
@@ -170,12 +171,17 @@ class StepModel:
         s = cal.get("sync") or {}
         self.cal_strategy = s.get("strategy") or "bucketed"
         self.hidden = float(s["hidden_fraction"]) if s.get("hidden_fraction") is not None else None
+        self.comm_cal = [float(v) for v in c["phases_ms"].get("comm") or []]
         self.extra_ms, self.extra_ms_per_param = s.get("extra_ms"), s.get("extra_ms_per_param")
         m = cal.get("machine") or {}
         self.library = m.get("library", "mpich")
         self.cal_ranks = int(c.get("ranks") or m.get("ranks") or 1)
+        self.cal_hosts = int(m.get("hosts") or 1)
+        self.cal_per_host = max(m.get("ranks_per_host") or [self.cal_ranks // self.cal_hosts or 1])
         self.intra = next((lv for lv in (_level(k, "intra") for k in cals) if lv), None)
         self.inter = next((lv for lv in (_level(k, "inter") for k in cals) if lv), None)
+        # the levels the calibration itself ran on (before --link or --latency replace them), for its own setting
+        self.cal_levels = (self.intra.pair() if self.intra else None, self.inter.pair() if self.inter else None)
         self.link, self.latency = link, latency
         if link is not None:
             alpha = latency if latency is not None else self.inter.alpha if self.inter else DEFAULT_LATENCY_S
@@ -222,44 +228,68 @@ class StepModel:
     def compute_ms(self, b):
         return {p: interpolate(self.batches, self.phase_ms[p], b) for p in PHASES}
 
+    def collectives_ms(self, s, nodes, per_node, levels):
+        """(the strategy's collective time, the statistics' allreduce), ms, on nodes x per_node ranks."""
+        p, lib = nodes * per_node, self.library
+        intra, inter = levels
+        if p == 1 or s == "shm":
+            return 0.0, 0.0
+        stats = 1e3 * collectives.hierarchical(lib, nodes, per_node, STATS_BYTES, intra, inter)
+        lv = inter if nodes > 1 else intra
+        if s == "zero":  # one flat reduce-scatter and allgather over every rank
+            return 1e3 * (collectives.reduce_scatter(p, self.grad_bytes, *lv)
+                          + collectives.allgather(p, self.grad_bytes, *lv)), stats
+        if s in ("fp16", "bf16"):  # MPI cannot sum 16-bit values: every rank's buckets are allgathered
+            return 1e3 * collectives.allgather(p, p * (self.grad_bytes // 2), *lv), stats
+        return 1e3 * collectives.hierarchical(lib, nodes, per_node, self.grad_bytes, intra, inter), stats
+
+    def calibrated_wait(self, s, b):
+        """The exposed wait measured at calibration at per-rank batch ``b`` (interpolated in log b, clamped
+        to the measured range) and the collectives' time of the calibration's own setting; None when the
+        calibration ran another strategy, or one rank."""
+        if s != self.cal_strategy or self.cal_ranks < 2 or not self.comm_cal or s == "shm":
+            return None
+        intra, inter = self.cal_levels
+        if (self.cal_per_host > 1 and intra is None) or (self.cal_hosts > 1 and inter is None):
+            return None
+        cal = self.collectives_ms(s, self.cal_hosts, self.cal_per_host, self.cal_levels)
+        xs, ys = self.batches, self.comm_cal
+        if b <= xs[0] or len(xs) == 1:
+            wait = ys[0]
+        elif b >= xs[-1]:
+            wait = ys[-1]
+        else:
+            i = next(k for k in range(1, len(xs)) if b <= xs[k])
+            t = math.log(b / xs[i - 1]) / math.log(xs[i] / xs[i - 1])
+            wait = ys[i - 1] + t * (ys[i] - ys[i - 1])
+        return wait, sum(cal)
+
     def step(self, nodes, per_node, batch):
         """The predicted step (milliseconds per part, samples/s) of global ``batch`` on nodes x per_node ranks;
-        None when the batch is not a multiple of the rank count."""
+        None when the batch is not a multiple of the rank count.
+
+        The exposed communication: where the calibration ran this strategy on several ranks, its measured wait
+        at this per-rank batch (rank 0's: what backward did not hide, and waiting for slower ranks) plus what
+        the plan's collectives take more (or less) than the calibration's own setting did; elsewhere the
+        collectives' whole time (nothing is assumed hidden)."""
         p = nodes * per_node
         if batch % p:
             return None
         b = batch // p
         s = self.strategy(nodes, per_node)
-        intra, inter = self.levels(nodes, per_node)
+        levels = self.levels(nodes, per_node)
         comp = self.compute_ms(b)
-        lib = self.library
-        hidden_frac = self.hidden or 0.0
-        wire = self.grad_bytes // 2 if s in ("fp16", "bf16") else self.grad_bytes
-        comm = exposed = extra = 0.0
-        updated = self.params
-        if p > 1:
-            stats = 1e3 * collectives.hierarchical(lib, nodes, per_node, STATS_BYTES, intra, inter)
-            if s == "shm":
-                frac = (p - 1) / p / ((self.cal_ranks - 1) / self.cal_ranks) if self.cal_ranks > 1 else 1.0
-                comm = exposed = float(self.extra_ms or 0.0) * frac  # the sums of this rank's shard and the fences
-                updated = math.ceil(self.params / p)
-            elif s == "zero":
-                lv = inter if nodes > 1 else intra  # one flat reduce-scatter and allgather over every rank
-                rs = 1e3 * collectives.reduce_scatter(p, wire, *lv)
-                ag = 1e3 * collectives.allgather(p, wire, *lv)
-                comm = rs + ag
-                exposed = max(rs - hidden_frac * comp["backward"], 0.0) + ag + stats
-                updated = math.ceil(self.params / p)
-            elif s in ("fp16", "bf16"):  # MPI cannot sum 16-bit values: every rank's buckets are allgathered
-                lv = inter if nodes > 1 else intra
-                comm = 1e3 * collectives.allgather(p, p * wire, *lv)
-                exposed = max(comm - hidden_frac * comp["backward"], 0.0) + stats
-                # one compression and P decompressions a step; calibrated: one of each, taken as equal halves
+        comm, stats = self.collectives_ms(s, nodes, per_node, levels)
+        exposed = extra = 0.0
+        updated = math.ceil(self.params / p) if s in ("zero", "shm") else self.params
+        if s == "shm" and p > 1:
+            frac = (p - 1) / p / ((self.cal_ranks - 1) / self.cal_ranks) if self.cal_ranks > 1 else 1.0
+            comm = exposed = float(self.extra_ms or 0.0) * frac  # the sums of this rank's shard and the fences
+        elif p > 1:
+            measured = self.calibrated_wait(s, b)
+            exposed = comm + stats if measured is None else max(measured[0] + comm + stats - measured[1], stats)
+            if s in ("fp16", "bf16"):  # one compression and P decompressions a step (calibrated: one of each)
                 extra = float(self.extra_ms_per_param or 0.0) * self.params * (1 + p) / 2
-            else:
-                comm = 1e3 * collectives.hierarchical(lib, nodes, per_node, wire, intra, inter)
-                hidden = 0.0 if s == "flat" else hidden_frac * comp["backward"]
-                exposed = max(comm - hidden, 0.0) + stats
         opt = self.ms_per_param * updated
         total = sum(comp.values()) + exposed + opt + extra
         return {"nodes": nodes, "ranks_per_node": per_node, "ranks": p, "batch": batch, "per_rank": b,
@@ -285,8 +315,11 @@ class StepModel:
                f"collectives: {algo.get(self.library, algo['mpich'])}",
                f"inside a host: {_describe(self.intra)}",
                f"between hosts: {_describe(self.inter)}",
-               "overlap: " + (f"{100 * self.hidden:.0f} % of backward hides communication (measured at "
-                              "calibration)" if self.hidden is not None else "none (not measured: 1 rank or shm)"),
+               "overlap and skew: " + (f"the wait {self.cal_strategy} left exposed at calibration ({self.cal_hosts} "
+                                       f"host(s) x {self.cal_per_host}), per per-rank batch, plus what the plan's "
+                                       "collectives take beyond the calibration's own"
+                                       if self.cal_ranks > 1 and self.comm_cal else
+                                       "none known (one rank calibrated): the collectives' whole time is exposed"),
                f"optimizer: {self.ms_per_param * 1e6:.3f} ns per parameter updated ({self.params:,} parameters; "
                "zero and shm update 1/P each)",
                "not counted: evaluation, checkpoints, start-up; ranks on a node are assumed not to slow each "
