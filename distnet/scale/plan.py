@@ -288,7 +288,8 @@ def print_plan(out, with_sweep, file=None):
             say("more nodes keep paying over the whole --nodes range (each step up the list cuts the time to "
                 f"target by {100 * (1 - 1 / STOP_GAIN):.0f} % or more)")
         else:
-            say(f"more nodes stop paying past {sp['nodes']} node(s) (the next node count saves "
-                f"{100 * (1 - 1 / sp['gain']):.0f} % of the time): {sp['why']}")
+            change = (f"saves only {100 * (1 - 1 / sp['gain']):.0f} % of the time" if sp["gain"] >= 1 else
+                      f"takes {100 * (1 / sp['gain'] - 1):.0f} % longer")
+            say(f"more nodes stop paying past {sp['nodes']} node(s) (the next node count {change}): {sp['why']}")
     if out.get("figure"):
         say(f"wrote {out['figure']}")

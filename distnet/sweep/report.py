@@ -215,3 +215,15 @@ def markdown(plan, rows, per_batch, f, noise, figures):
                    f"| {_n(r['noise_scale_mean'])}, {_n(r['noise_scale_at_target'])} | {_n(r['samples_per_s'])} "
                    f"| {_n(r['wall_s'])} |")
     return "\n".join(out) + "\n"
+
+
+def steps_fit(folder):
+    """(the fit of steps to the target against the batch, or None; the per-batch rows of the best learning
+    rate: batch, steps_to_target, samples_to_target, wall_s_to_target, seeds) of the sweep in ``folder``, for
+    ``distnet plan``. Steps do not depend on the rank count (the same trajectory on any number of ranks)."""
+    from . import plan as P
+
+    plan = P.load(folder)  # a UserError naming the folder if it holds no sweep
+    rows = [collect.row(plan, p, folder) for p in plan.points]
+    per_batch, f, _ = summarize([r for r in rows if not r["auto"]])
+    return f, per_batch
