@@ -124,13 +124,16 @@ def time_to_target(cluster, cal_path, sweep, batches, data, workdir):
                     and C.target_reached(target, r["loss"], r["accuracy"])), None)
         if hit is None:
             raise RuntimeError(f"the 2-host run at batch {batch} did not reach {plan.target}")
-        wall = next(w for r, w in zip(records, elapsed(records, segments)) if r is hit)
-        summary = next(r for r in records if r["event"] == "summary")  # the run stopped at the target
-        evals = summary.get("off_clock_s") or 0.0  # evaluations (and nothing else: no checkpoints here)
+        from_start = next(w for r, w in zip(records, elapsed(records, segments)) if r is hit)
+        # the run stopped at the target: its loop's wall time (start-up, the data read into memory, left out as
+        # the prediction leaves it out), less what it spent off the clock (its evaluations, its last checkpoint)
+        summary = next(r for r in records if r["event"] == "summary")
+        wall, evals = summary["wall_s"], summary.get("off_clock_s") or 0.0
         step = sm.step(2, 1, batch)
         pred = steps(batch) * step["step_ms"] / 1e3
         rows.append(dict(batch=batch, lr=point.lr, steps_sweep=steps(batch), steps_run=hit["step"],
-                         predicted_s=pred, measured_s=wall, eval_s=evals, run_s=time.perf_counter() - t,
+                         predicted_s=pred, measured_s=wall, eval_s=evals, from_start_s=from_start,
+                         run_s=time.perf_counter() - t,
                          error=pred / (wall - evals) - 1))
         log(f"time to {plan.target} at {batch} on 2 hosts: predicted {pred:.2f} s, measured {wall:.2f} s")
     return rows
