@@ -18,12 +18,14 @@ def draw(out, path):
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
     cmap = plt.get_cmap("viridis")
     keys = sorted(groups)
+    longest = max((r["time_s"] for r in rows), default=0.0) if sweep else 0.0
+    unit, per = ("s", 1.0) if longest < 120 else ("min", 60.0) if longest < 7200 else ("hours", 3600.0)
     for i, b in enumerate(keys):
         rs = sorted(groups[b], key=lambda r: r["nodes"])
         color = cmap(i / max(len(keys) - 1, 1) * 0.9)
         left.plot([r["nodes"] for r in rs], [r["samples_per_s"] for r in rs], "o-", ms=3, color=color,
                   label=f"B = {b:,}")
-        y = [r["time_s"] / 3600 for r in rs] if sweep else [100 * r["efficiency"] for r in rs]
+        y = [r["time_s"] / per for r in rs] if sweep else [100 * r["efficiency"] for r in rs]
         right.plot([r["nodes"] for r in rs], y, "o-", ms=3, color=color, label=f"B = {b:,}")
     nodes = sorted({r["nodes"] for r in rows})
     top = max(keys)
@@ -42,18 +44,26 @@ def draw(out, path):
     left.set_title("throughput")
     if sweep:
         right.set_yscale("log")
-        right.set_ylabel("predicted time to target (hours)")
+        from matplotlib.ticker import FormatStrFormatter
+
+        for fmt in (right.yaxis.set_major_formatter, right.yaxis.set_minor_formatter):
+            fmt(FormatStrFormatter("%g"))
+        right.set_ylabel(f"predicted time to target ({unit})")
         fa = out["fastest"]
-        right.plot([fa["nodes"]], [fa["time_s"] / 3600], "*", ms=14, color="C3", zorder=5,
+        right.plot([fa["nodes"]], [fa["time_s"] / per], "*", ms=14, color="C3", zorder=5,
                    label=f"fastest: {fa['nodes']} nodes, B = {fa['batch']:,}")
         right.set_title("time to target")
     else:
         right.axhline(100, color="0.3", ls="--", lw=1)
         right.set_ylabel("strong-scaling efficiency vs 1 rank (%)")
         right.set_title("efficiency")
-    handles, labels = right.get_legend_handles_labels()
-    right.legend(handles, labels, fontsize=7, ncol=2, loc="best")
-    left.legend(fontsize=7, ncol=2, loc="upper left")
-    fig.suptitle(f"distnet plan {out['config']} (prediction, sync {out['sync']})")
-    fig.tight_layout()
+    # one legend under both panels: inside either it covers curves
+    handles, labels = left.get_legend_handles_labels()
+    extra = [(h, lab) for h, lab in zip(*right.get_legend_handles_labels()) if lab.startswith("fastest")]
+    handles += [h for h, _ in extra]
+    labels += [lab for _, lab in extra]
+    fig.suptitle(f"distnet plan {out['config']}: a prediction ({out['ranks_per_node']} rank(s) per node, "
+                 f"sync {out['sync']})")
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), fontsize=8, frameon=False)
     return save(fig, path)
