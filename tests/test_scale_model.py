@@ -259,3 +259,49 @@ def test_a_link_what_if_keeps_the_calibrations_own_setting(tmp_path):
     path.write_text(json.dumps(cal))
     slow = M.StepModel([M.load(path)], link=1.25e7).step(2, 1, 64)
     assert slow["exposed_ms"] == pytest.approx(2.0 + 1e3 * (4e6 / 1.25e7 - 4e6 / 1.25e8), rel=1e-3)
+
+
+def _sweep(folder, reached):
+    """A sweep folder of fashion-mlp whose points at batches 64, 256, 1024 reached the target in the steps
+    ``reached`` gives (None: not run), each point's metrics written as distnet train writes them."""
+    from distnet.sweep import plan as SP
+
+    points = [SP.Point(i, SP.point_name(b, 1.0, 0), b, 1.0, 0.001, 0) for i, b in enumerate((64, 256, 1024))]
+    plan = SP.Plan(config="fashion-mlp", ranks=1, lr_rule="sqrt", base_batch=128, base_lr=0.002,
+                   target="accuracy=0.88", split="val", epochs=5, resolution=0.03, full_curves=False, points=points)
+    SP.save(folder, plan, C.load("fashion-mlp"))
+    for p, steps in zip(points, reached):
+        if steps is None:
+            continue
+        (folder / p.name).mkdir()
+        lines = [{"event": "start", "step": 0, "time": 0.0, "global_batch": p.batch,
+                  "steps_per_epoch": 60000 // p.batch},
+                 {"event": "eval", "step": steps, "time": 1.0, "split": "val", "loss": 0.3, "accuracy": 0.885},
+                 {"event": "summary", "step": steps, "time": 1.1}]
+        (folder / p.name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    return folder
+
+
+def test_plan_with_a_sweep_gives_time_to_target(mlp_cal, tmp_path, capsys):
+    sweep = _sweep(tmp_path / "sw", [1000, 300, 150])
+    assert main(["plan", "fashion-mlp", "--calibration", str(mlp_cal), "--sweep", str(sweep), "--nodes", "1,2,4",
+                 "--batch-sizes", "64,256,512,1024,4096", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    by = {(r["nodes"], r["batch"]): r for r in out["rows"]}
+    assert by[1, 256]["steps"] == pytest.approx(300)  # a measured batch: its own steps
+    assert 150 < by[1, 512]["steps"] < 300  # between two measured ones
+    assert by[1, 4096]["steps"] == pytest.approx(out["fit"]["s_min"] * (1 + out["fit"]["b_crit"] / 4096))
+    assert by[2, 256]["time_s"] == pytest.approx(300 * by[2, 256]["step_ms"] / 1e3)
+    assert by[2, 256]["node_hours"] == pytest.approx(2 * by[2, 256]["time_s"] / 3600)
+    assert out["fastest"]["time_s"] == min(r["time_s"] for r in out["rows"])
+    assert out["cheapest"]["node_hours"] == min(r["node_hours"] for r in out["rows"])
+
+
+def test_plan_refuses_a_sweep_it_cannot_fit(mlp_cal, tmp_path, capsys):
+    sweep = _sweep(tmp_path / "sw", [1000, None, None])
+    assert main(["plan", "fashion-mlp", "--calibration", str(mlp_cal), "--sweep", str(sweep)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "1 batch size(s) that reached" in err[0] and "at least 2" in err[0]
+    assert main(["plan", "fashion-mlp", "--calibration", str(mlp_cal), "--sweep", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a sweep folder" in err[0]

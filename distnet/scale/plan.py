@@ -106,7 +106,6 @@ class Steps:
             raise UserError(f"sweep {folder} has {len(pts)} batch size(s) that reached its target: plan needs at "
                             "least 2 for a fit; run the sweep over more batch sizes (or a longer --epochs cap)")
         self.batches, self.steps = [b for b, _ in pts], [s for _, s in pts]
-        self.target = getattr(self.fit, "target", None)
 
     def __call__(self, batch):
         if self.batches[0] <= batch <= self.batches[-1]:

@@ -1,9 +1,10 @@
 """``distnet sweep CONFIG_OR_PRESET --batch-sizes 32,64,...,8192 --target accuracy=0.88 --out DIR``.
 
-Runs every point (batch size x learning-rate multiplier x seed) as its own ``distnet train`` and writes
-``DIR/results.csv``, ``DIR/report.md`` and the figures. Run it again after an interruption: finished points
-are kept and an interrupted one resumes from its checkpoint. ``--slurm-array`` writes a job-array script
-instead of running; ``--report DIR`` collects what has run.
+Runs every point ([rank count x] batch size x learning-rate multiplier x seed) as its own ``distnet train``
+on its rank count (``--ranks 1,2,4``: each pair that divides) and writes ``DIR/results.csv``, ``DIR/report.md``
+and the figures. Run it again after an interruption: finished points are kept and an interrupted one resumes
+from its checkpoint. ``--slurm-array`` writes a job-array script instead of running; ``--report DIR``
+collects what has run.
 """
 
 import signal
@@ -12,7 +13,8 @@ from pathlib import Path
 
 from .. import config as C
 from ..errors import UserError
-from . import launch, plan as P
+from . import launch
+from . import plan as P
 
 
 def add_arguments(p):
@@ -25,7 +27,9 @@ def add_arguments(p):
                    help="where the target is measured (default val: 10%% of train is held out if the config "
                         "holds out nothing)")
     p.add_argument("--out", metavar="DIR", help="the sweep's folder (points, results.csv, report.md, figures)")
-    p.add_argument("--ranks", type=int, default=1, metavar="P", help="ranks per run (default 1)")
+    p.add_argument("--ranks", default="1", metavar="P[,P,...]",
+                   help="ranks per run (default 1), or rank counts such as 1,2,4: every point at each, and the "
+                        "report adds samples/s, strong and weak scaling efficiency and time to target per count")
     p.add_argument("--lr-rule", choices=P.RULES, default="sqrt",
                    help="learning rate across batch sizes, from the config's lr at its batch size (default sqrt)")
     p.add_argument("--lr-grid", default="1", metavar="M,M,...",
@@ -88,6 +92,9 @@ def _plan(args):
     if args.target is None:
         raise UserError("distnet sweep needs --target METRIC=VALUE, e.g. --target accuracy=0.88")
     plan, cfg = P.make(args, cfg)
+    for note in plan.notes:
+        if note.startswith("left out "):  # the user asked for these pairs: say so now, not only in the report
+            print(f"distnet sweep: {note}", file=sys.stderr)
     for key in ("metrics", "trace"):
         cfg["log"][key] = ""
     cfg["checkpoint"].update(dir="", resume=False)
@@ -135,8 +142,8 @@ def _sweep(plan, folder, args):
     except (KeyboardInterrupt, _Terminated):
         bar.close()
         report.write(plan, folder, figures=False)
-        print(f"distnet sweep: interrupted; run the same command again to continue (finished points are kept, "
-              f"the interrupted one resumes from its checkpoint)", file=sys.stderr)
+        print("distnet sweep: interrupted; run the same command again to continue (finished points are kept, "
+              "the interrupted one resumes from its checkpoint)", file=sys.stderr)
         return 130
     finally:
         bar.close()

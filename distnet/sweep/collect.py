@@ -27,8 +27,8 @@ def row(plan, point, folder):
     trains = [r for r in records if r["event"] == "train"]
     hit = next((r for r in evals if r.get("split") == plan.split
                 and C.target_reached(target, r["loss"], r["accuracy"])), None)
-    out = dict(point=point.name, batch=point.batch, lr_mult=point.lr_mult, lr=point.lr, seed=point.seed,
-               auto=point.auto)
+    out = dict(point=point.name, ranks=point.ranks, batch=point.batch, lr_mult=point.lr_mult, lr=point.lr,
+               seed=point.seed, auto=point.auto)
     status = "pending" if not records else "incomplete"
     if summary is not None:
         status = "reached" if hit else "not reached"

@@ -1,5 +1,6 @@
 """The sweep's figures (PNG through ``distnet.plot``): steps and samples to target against batch size,
-accuracy and generalization gap against batch size, and every point's learning curve."""
+accuracy and generalization gap against batch size, and every point's learning curve; with several rank
+counts, samples/s and scaling efficiency against ranks, and time to target against batch size per count."""
 
 import math
 from pathlib import Path
@@ -9,8 +10,9 @@ from . import collect
 from .report import FIGURES
 
 
-def draw(plan, folder, rows, per_batch, f, noise):
-    """Draw what the rows allow; returns the file names written."""
+def draw(plan, folder, rows, per_batch, f, noise, scale=()):
+    """Draw what the rows allow (``scale``: report.scaling's rows, with several rank counts); returns the file
+    names written."""
     plt, folder, made = pyplot(), Path(folder), []
     if per_batch:
         made.append(_steps(plt, folder, rows, per_batch, f, noise, plan))
@@ -18,6 +20,9 @@ def draw(plan, folder, rows, per_batch, f, noise):
     if any(r["best_val_accuracy"] is not None or r["best_test_accuracy"] is not None for r in rows):
         made.append(_accuracy(plt, folder, rows, per_batch, plan))
     made.append(_curves(plt, folder, plan, {r['point'] for r in rows if r.get('best_lr')}))
+    if any(d["samples_per_s"] is not None for d in scale):
+        made.append(_scaling(plt, folder, scale, plan))
+        made.append(_time(plt, folder, scale, plan))
     return [m for m in made if m]
 
 
@@ -167,3 +172,102 @@ def _curves(plt, folder, plan, best):
     ax.legend(handles=handles + [target], fontsize=7, ncol=2,
               title="best rate solid, others faint" if best else None, title_fontsize=7)
     return save(fig, folder / FIGURES["curves"]).name
+
+
+def _ranks_axis(ax, counts):
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(counts)
+    ax.set_xticklabels([str(p) for p in counts])
+    ax.minorticks_off()
+    ax.set_xlabel("ranks")
+    ax.grid(True, which="major", alpha=0.3)
+
+
+def _log_y(ax):
+    """A log y axis labelled in plain numbers; at 1, 2 and 5 of each decade when the data span under two
+    decades (else a short range shows one label or none)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_yscale("log")
+    lo, hi = ax.get_ylim()
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1, 2, 5) if hi < 100 * lo else (1,)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 10 else f"{v:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+def _legend_below(ax):
+    """The legend under the axes, where it can hide no curve whatever the values."""
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
+
+
+def _series(scale, key, value):
+    """{key value: [(ranks, value), ...]} of the rows where ``value`` was measured, ascending."""
+    out = {}
+    for d in scale:
+        if d[value] is not None:
+            out.setdefault(d[key], []).append((d["ranks"], d[value]))
+    return {k: sorted(v) for k, v in sorted(out.items())}
+
+
+def _scaling(plt, folder, scale, plan):
+    """samples/s against ranks per batch size beside the ideal from its smallest rank count; strong (per
+    batch size) and weak (per per-rank batch) efficiency against ranks."""
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.5))
+    counts = sorted({d["ranks"] for d in scale})
+    for i, (b, pts) in enumerate(_series(scale, "batch", "samples_per_s").items()):
+        (p0, s0), ps = pts[0], [p for p in counts if pts[0][0] <= p <= pts[-1][0]]
+        a1.plot([p for p, _ in pts], [s for _, s in pts], "o-", color=f"C{i % 10}", label=f"batch {b}")
+        a1.plot(ps, [p / p0 * s0 for p in ps], ls="--", lw=0.9, color=f"C{i % 10}", alpha=0.6)
+    a1.plot([], [], ls="--", lw=0.9, color="0.4", label="ideal: P/P0 × smallest count's")
+    _log_y(a1)
+    _ranks_axis(a1, counts)
+    a1.set_ylabel("training samples/s")
+    a1.set_title("throughput")
+    _legend_below(a1)
+    strong = {b: v for b, v in _series(scale, "batch", "strong_efficiency").items() if len(v) > 1}
+    weak = {b: v for b, v in _series(scale, "per_rank_batch", "weak_efficiency").items() if len(v) > 1}
+    batches = sorted({d["batch"] for d in scale})
+    for b, pts in strong.items():
+        a2.plot([p for p, _ in pts], [100 * e for _, e in pts], "o-", color=f"C{batches.index(b) % 10}",
+                label=f"strong, batch {b}")
+    for m, pts in weak.items():  # batch m's colour: from 1 rank, its curve starts at that batch's point
+        color = f"C{batches.index(m) % 10}" if m in batches else "0.4"
+        a2.plot([p for p, _ in pts], [100 * e for _, e in pts], "s--", color=color, mfc="none",
+                label=f"weak, {m} per rank")
+    a2.axhline(100, color="0.3", lw=0.8, ls=":", label="perfect (100 %)")
+    top = max([100] + [100 * e for v in (*strong.values(), *weak.values()) for _, e in v])
+    a2.set_ylim(0, top * 1.12)
+    _ranks_axis(a2, counts)
+    a2.set_ylabel("scaling efficiency %")
+    a2.set_title("strong (same global batch), weak (same per-rank batch)", fontsize=10)
+    _legend_below(a2)
+    fig.suptitle(f"{plan.config}: scaling over ranks")
+    return save(fig, folder / FIGURES["scaling"]).name
+
+
+def _time(plt, folder, scale, plan):
+    """Time to target against the global batch, a curve per rank count; a (rank count, batch) whose points ran
+    but did not reach the target is a hollow marker along the top."""
+    fig, ax = plt.subplots(figsize=(7, 4.8))
+    counts = sorted({d["ranks"] for d in scale})
+    missed = []
+    for i, p in enumerate(counts):
+        mine = [d for d in scale if d["ranks"] == p]
+        hit = [d for d in mine if d["wall_s_to_target"] is not None]
+        ax.plot([d["batch"] for d in hit], [d["wall_s_to_target"] for d in hit], "o-", color=f"C{i % 10}",
+                label=f"{p} rank{'s' * (p > 1)}")
+        miss = [d["batch"] for d in mine if d["wall_s_to_target"] is None and d["samples_per_s"] is not None]
+        missed.append((miss, f"C{i % 10}"))
+    ax.set_yscale("log")
+    if any(m for m, _ in missed):  # a strip above the curves for them
+        lo, hi = ax.get_ylim()
+        ax.set_ylim(lo, hi * (hi / lo) ** 0.15)
+        for miss, color in missed:
+            ax.plot(miss, [0.95] * len(miss), "o", mfc="none", color=color, ms=8, transform=ax.get_xaxis_transform())
+        ax.plot([], [], "o", mfc="none", color="0.3", label="not reached (along the top)")
+    _log_y(ax)
+    _batch_axis(ax, sorted({d["batch"] for d in scale}))
+    ax.set_ylabel(f"seconds to {plan.split} {plan.target.replace('=', ' ')}")
+    ax.set_title(f"{plan.config}: time to target (best rate) per rank count")
+    _legend_below(ax)
+    return save(fig, folder / FIGURES["time"]).name

@@ -1,9 +1,9 @@
 """Running a sweep's points: the launcher, resuming, and the Slurm job-array script.
 
-A point is a real ``distnet train`` process group started with ``mpiexec -n P`` (the one beside this Python,
-else on PATH), with ``srun -n P`` inside a Slurm allocation (``SLURM_JOB_ID`` set), optionally behind a
-prefix such as ``flock -x /tmp/distnet-cpu.lock``. It runs in its own session so that an interrupted
-sweep can end all of it (a terminal's Ctrl-C, a batch system's SIGTERM), and in the sweep folder.
+A point is a real ``distnet train`` process group on its own rank count P, started with ``mpiexec -n P`` (the
+one beside this Python, else on PATH), with ``srun -n P`` inside a Slurm allocation (``SLURM_JOB_ID`` set),
+optionally behind a prefix such as ``flock -x /tmp/distnet-cpu.lock``. It runs in its own session so that an
+interrupted sweep can end all of it (a terminal's Ctrl-C, a batch system's SIGTERM), and in the sweep folder.
 """
 
 import fcntl
@@ -79,7 +79,7 @@ def _last_line(path):
 def command(plan, point, folder, prefix=""):
     """(the full command that runs ``point`` now, with --resume when it has a checkpoint; its environment)."""
     resume = ["--resume"] if state(folder, point) == "partial" else []
-    pre, env = launcher(plan.ranks, prefix)
+    pre, env = launcher(point.ranks, prefix)
     return pre + [sys.executable, "-m", "distnet", *point.args, *resume], env
 
 
@@ -146,7 +146,8 @@ def last_error(folder, point, lines=3):
 
 def slurm_array(plan, folder, prefix=""):
     """Write ``DIR/sweep.sbatch``: one array task per point, each running ``distnet sweep --run-point``
-    (srun inside its allocation, resuming from the point's checkpoint when the task is run again)."""
+    (srun -n with the point's rank count inside its allocation, resuming from the point's checkpoint when the
+    task is run again). The allocation is the largest rank count's."""
     folder = Path(folder)
     n, path = len(plan.points), folder / "sweep.sbatch"
     run = [sys.executable, "-m", "distnet", "sweep", "--run-point", str(folder.resolve()), "$SLURM_ARRAY_TASK_ID"]
@@ -156,12 +157,12 @@ def slurm_array(plan, folder, prefix=""):
     text = f"""#!/bin/bash
 # sbatch {path}: {n} array tasks, one per point of the sweep in {folder.resolve()}
 # ({plan.config}, global batches {', '.join(str(b) for b in sorted({p.batch for p in plan.points}))}).
-# Each task runs its point on {plan.ranks} rank(s) with srun and resumes from the point's checkpoint if it ran
-# before. Options given to sbatch override the lines below (e.g. sbatch --time=4:00:00 --array=0-{n - 1}%4).
+{_ranks_comment(plan, path)}
+# Options given to sbatch override the lines below (e.g. sbatch --time=4:00:00 --array=0-{n - 1}%4).
 # When the tasks are done:  distnet sweep --report {folder.resolve()}
 #SBATCH --job-name=distnet-sweep
 #SBATCH --array=0-{n - 1}
-#SBATCH --ntasks={plan.ranks}
+#SBATCH --ntasks={max(plan.ranks)}
 #SBATCH --cpus-per-task=1
 #SBATCH --time=01:00:00
 #SBATCH --output={folder.resolve()}/slurm-%A_%a.out
@@ -175,3 +176,29 @@ export OMP_NUM_THREADS=$threads OPENBLAS_NUM_THREADS=$threads MKL_NUM_THREADS=$t
     tmp.chmod(0o755)
     tmp.replace(path)
     return path
+
+
+def _ranks_comment(plan, path):
+    """The header lines on rank counts: which tasks run on how many ranks, and how to submit each count with
+    an allocation of its own size (under the script's --ntasks, the largest, a smaller point leaves ranks idle)."""
+    if not plan.several:
+        return (f"# Each task runs its point on {plan.ranks[0]} rank(s) with srun, resuming from its checkpoint "
+                "if it ran before.")
+    out = ["# Each task runs its point with srun -n <its rank count> and resumes from the point's checkpoint if it",
+           f"# ran before; the allocation (--ntasks) is the largest count, {max(plan.ranks)}:"]
+    for ranks in plan.ranks:
+        tasks = _index_ranges([p.index for p in plan.points if p.ranks == ranks])
+        out.append(f"#   tasks {tasks}: {ranks} rank(s)  (alone: sbatch --array={tasks} --ntasks={ranks} {path})")
+    return "\n".join(out)
+
+
+def _index_ranges(indices):
+    """[0, 1, 2, 5, 6] -> "0-2,5-6" (sbatch --array's form)."""
+    out, start = [], None
+    for i, x in enumerate(indices):
+        if start is None:
+            start = x
+        if i + 1 == len(indices) or indices[i + 1] != x + 1:
+            out.append(f"{start}-{x}" if x > start else str(start))
+            start = None
+    return ",".join(out)

@@ -13,7 +13,9 @@ from .. import config as C
 from ..errors import UserError
 
 RULES = ("none", "linear", "sqrt")
-PLAN_VERSION = 1
+# 2: several rank counts (``ranks`` a list, each point its own). A sweep of one rank count is still written
+# in version 1's form, byte for byte, so that its folder resumes with this distnet and older ones alike.
+PLAN_VERSION = 2
 
 
 def parse_batch_sizes(text):
@@ -38,6 +40,19 @@ def parse_batch_sizes(text):
     if not sizes or min(sizes) < 1 or len(set(sizes)) != len(sizes):
         raise UserError(f"--batch-sizes {text!r}: give distinct positive batch sizes")
     return sorted(sizes)
+
+
+def parse_ranks(text):
+    """``"1,2,4"`` or ``"2"`` (an int from code works too): sorted distinct rank counts."""
+    try:
+        counts = [int(t) for t in str(text).split(",") if t.strip()]
+    except ValueError:
+        counts = []
+    if not counts or len(set(counts)) != len(counts):
+        raise UserError(f"--ranks {text!r}: expected a rank count or distinct counts separated by commas, e.g. 1,2,4")
+    if min(counts) < 1:
+        raise UserError(f"--ranks {min(counts)}: give at least 1")
+    return sorted(counts)
 
 
 def parse_floats(text, option):
@@ -66,12 +81,13 @@ class Point:
     seed: int
     args: list = field(default_factory=list)  # distnet train arguments, relative to the sweep folder
     auto: bool = False  # train.batch_size = "auto": from ``batch`` (the smallest size) up to the largest
+    ranks: int = 0  # the processes it runs on; 0: the plan's (a sweep.json of one rank count leaves it out)
 
 
 @dataclass
 class Plan:
     config: str  # what the user named (a preset or a file); the resolved config is DIR/config.toml
-    ranks: int
+    ranks: list  # the rank counts, ascending (in sweep.json an int when there is one, as in version 1)
     lr_rule: str
     base_batch: int
     base_lr: float
@@ -81,11 +97,24 @@ class Plan:
     resolution: float  # train.eval_growth of every point
     full_curves: bool  # False: a point stops at the target
     points: list
-    notes: list = field(default_factory=list)  # what the sweep changed in the config, said in the report
+    notes: list = field(default_factory=list)  # what the sweep changed in the config or left out, in the report
     version: int = PLAN_VERSION
 
+    def __post_init__(self):
+        """``ranks`` may come as one int (version 1's sweep.json, code that builds a plan of one count); a point
+        without its own count (0) runs on the plan's."""
+        self.ranks = [self.ranks] if isinstance(self.ranks, int) else sorted(self.ranks)
+        for p in self.points:
+            p.ranks = p.ranks or self.ranks[0]
+
     def to_json(self):
-        return json.dumps(asdict(self), indent=1)
+        """Version 1's text when there is one rank count (``ranks`` an int, the points without theirs)."""
+        d = asdict(self)
+        if len(self.ranks) == 1:
+            d.update(ranks=self.ranks[0], version=1)
+            for p in d["points"]:
+                del p["ranks"]
+        return json.dumps(d, indent=1)
 
     @classmethod
     def from_json(cls, text):
@@ -93,9 +122,34 @@ class Plan:
         d["points"] = [Point(**p) for p in d["points"]]
         return cls(**d)
 
+    @property
+    def several(self):
+        """More than one rank count: the points' names and the report say which each ran on."""
+        return len(self.ranks) > 1
 
-def point_name(batch, mult, seed, auto=False):
-    return f"bauto-lr{mult:g}-s{seed}" if auto else f"b{batch:05d}-lr{mult:g}-s{seed}"
+
+def point_name(batch, mult, seed, auto=False, ranks=None):
+    """``b00256-lr1-s0``; ``p2-b00256-lr1-s0`` when the sweep has several rank counts (``ranks`` given)."""
+    name = f"bauto-lr{mult:g}-s{seed}" if auto else f"b{batch:05d}-lr{mult:g}-s{seed}"
+    return name if ranks is None else f"p{ranks}-{name}"
+
+
+def fitting_sizes(sizes, counts, accumulate):
+    """{rank count: the batch sizes it divides (with ``accumulate`` micro-steps)} and the notes on the pairs
+    left out. One rank count: a size it does not divide is an error (the user asked for that point); several:
+    only that pair is left out, an error when nothing is left."""
+    fits = {p: [b for b in sizes if b % (p * accumulate) == 0] for p in counts}
+    if len(counts) == 1 and fits[counts[0]] != sizes:
+        bad, group = sorted(set(sizes) - set(fits[counts[0]])), counts[0] * accumulate
+        raise UserError(f"--batch-sizes: {', '.join(map(str, bad))} not divisible by ranks x accumulation steps = "
+                        f"{counts[0]} x {accumulate}: use multiples of {group}")
+    if not any(fits.values()):
+        raise UserError(f"--batch-sizes: none is divisible by ranks x accumulation steps for any of --ranks "
+                        f"{','.join(map(str, counts))} (accumulation {accumulate}): use multiples of "
+                        f"{counts[0] * accumulate}")
+    notes = [f"left out batch {', '.join(str(b) for b in sizes if b not in fits[p])} on {p} rank{'s' * (p > 1)} (not "
+             f"divisible by ranks x accumulation steps = {p} x {accumulate})" for p in counts if fits[p] != sizes]
+    return fits, notes
 
 
 def make(args, cfg):
@@ -110,19 +164,14 @@ def make(args, cfg):
         notes.append("data.val_fraction = 0.1 (the config held out no validation split for the target)")
     if cfg["data"]["val_fraction"] and args.split == "test":
         notes.append("the target is measured on the test split although a validation split is held out")
-    if args.ranks < 1:
-        raise UserError(f"--ranks {args.ranks}: give at least 1")
+    counts = parse_ranks(args.ranks)
     epochs = args.epochs or tc["epochs"]
     if epochs < 1:
         raise UserError(f"--epochs {epochs}: give at least 1")
     if not 0 < args.resolution < 1:
         raise UserError(f"--resolution {args.resolution}: give a fraction such as 0.03 (3 %)")
     sizes = parse_batch_sizes(args.batch_sizes)
-    group = args.ranks * tc["accumulate"]
-    bad = [b for b in sizes if b % group]
-    if bad:
-        raise UserError(f"--batch-sizes: {', '.join(map(str, bad))} not divisible by ranks x accumulation steps = "
-                        f"{args.ranks} x {tc['accumulate']}: use multiples of {group}")
+    fits, left_out = fitting_sizes(sizes, counts, tc["accumulate"])
     mults = parse_floats(args.lr_grid, "--lr-grid")
     if args.repeats < 1:
         raise UserError(f"--repeats {args.repeats}: give at least 1")
@@ -136,20 +185,24 @@ def make(args, cfg):
                      f"from lr {base_lr:g} at batch {base_batch})")
         oc["lr_scaling"] = "none"
     points = []
-    for b in sizes + (["auto"] if args.auto else []):
-        auto = b == "auto"
-        b = sizes[0] if auto else b
-        for m in mults:
-            for r in range(args.repeats):
-                seed = tc["seed"] + r
-                lr = scaled_lr(base_lr, base_batch, b, args.lr_rule) * m
-                points.append(Point(len(points), point_name(b, m, seed, auto), b, m, lr, seed, auto=auto))
-    plan = Plan(config=args.config, ranks=args.ranks, lr_rule=args.lr_rule, base_batch=base_batch,
-                base_lr=base_lr, target=f"{target[0]}={target[1]:g}", split=args.split, epochs=epochs,
-                resolution=args.resolution, full_curves=args.full_curves, points=points, notes=notes)
+    for ranks in counts:  # rank counts outermost: a Slurm array's tasks of one count are one index range
+        ok = fits[ranks]
+        for b in ok + (["auto"] if args.auto and ok else []):
+            auto = b == "auto"
+            b = ok[0] if auto else b
+            for m in mults:
+                for r in range(args.repeats):
+                    seed = tc["seed"] + r
+                    lr = scaled_lr(base_lr, base_batch, b, args.lr_rule) * m
+                    name = point_name(b, m, seed, auto, ranks if len(counts) > 1 else None)
+                    points.append(Point(len(points), name, b, m, lr, seed, auto=auto, ranks=ranks))
+    plan = Plan(config=args.config, ranks=[p for p in counts if fits[p]], lr_rule=args.lr_rule,
+                base_batch=base_batch, base_lr=base_lr, target=f"{target[0]}={target[1]:g}", split=args.split,
+                epochs=epochs, resolution=args.resolution, full_curves=args.full_curves, points=points,
+                notes=notes + left_out)
     train_size = _train_size(cfg)
     for p in points:
-        p.args = point_args(plan, p, train_size, sizes[-1])
+        p.args = point_args(plan, p, train_size, fits[p.ranks][-1])
     return plan, cfg
 
 
@@ -162,7 +215,8 @@ def _train_size(cfg):
     except UserError:
         raise
     except Exception as e:  # noqa: BLE001 - a broken dataset is the user's to fix
-        raise UserError(f"{C.data_path(cfg)}: cannot open the dataset ({e}): prepare it with distnet data prepare")
+        raise UserError(f"{C.data_path(cfg)}: cannot open the dataset ({e}): prepare it with distnet data "
+                        "prepare") from None
     return n - int(round(n * cfg["data"]["val_fraction"]))
 
 
