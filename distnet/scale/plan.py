@@ -27,7 +27,7 @@ def add_arguments(p):
                         "fill in network levels the first did not measure, e.g. between hosts)")
     p.add_argument("--sweep", metavar="DIR", help="a distnet sweep folder of this config: steps to the target")
     p.add_argument("--nodes", default="1,2,...,1024", metavar="N,N,...",
-                   help="node counts, a list or a doubling run (default 1,2,4,...,1024)")
+                   help="node counts, a list or a doubling run (default 1,2,...,1024)")
     p.add_argument("--ranks-per-node", default="1", metavar="R", help="ranks on each node (default 1)")
     p.add_argument("--batch-sizes", metavar="B,B,...",
                    help=f"global batches (default: the sweep's, else {DEFAULT_BATCHES})")
@@ -184,10 +184,10 @@ def scaling_limit(sm, rows, per_node, steps):
 
 def run(args):
     nodes = parse_counts(args.nodes, "--nodes")
-    per_node = parse_counts(args.ranks_per_node, "--ranks-per-node")
-    if len(per_node) != 1:
+    text = str(args.ranks_per_node).strip()
+    if not text.isdigit() or int(text) < 1:
         raise UserError(f"--ranks-per-node {args.ranks_per_node!r}: give one positive integer, e.g. 32")
-    per_node = per_node[0]
+    per_node = int(text)
     link = M.parse_link(args.link) if args.link else None
     latency = M.parse_latency(args.latency) if args.latency else None
     if args.out:
