@@ -44,10 +44,12 @@ def draw(out, path):
     left.set_title("throughput")
     if sweep:
         right.set_yscale("log")
-        from matplotlib.ticker import FormatStrFormatter
+        from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
-        for fmt in (right.yaxis.set_major_formatter, right.yaxis.set_minor_formatter):
-            fmt(FormatStrFormatter("%g"))
+        times = [r["time_s"] / per for r in rows]
+        right.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+        # minor labels only within a decade: across several they crowd into each other
+        right.yaxis.set_minor_formatter(FormatStrFormatter("%g") if max(times) < 10 * min(times) else NullFormatter())
         right.set_ylabel(f"predicted time to target ({unit})")
         fa = out["fastest"]
         right.plot([fa["nodes"]], [fa["time_s"] / per], "*", ms=14, color="C3", zorder=5,

@@ -4,8 +4,9 @@ how many nodes and which global batch reach the target soonest, and what it cost
 For each (nodes, global batch) the step-time model (``model.py``) predicts the step from the calibration;
 with a batch-size sweep, its steps to the target (measured steps interpolated log-log, the fit
 S = S_min (1 + B_crit / B) outside them) turn steps into time to target and node-hours. The output names the
-fastest and the cheapest point, and the node count past which more nodes stop paying, and why: the network
-(with a free network more nodes would still pay) or the critical batch (with perfect batch scaling they would).
+fastest and the cheapest point, and the node count past which more nodes stop paying (no larger count saves a
+fifth of the time), and why: the network (with a free network more nodes would still pay) or the critical batch
+(with perfect batch scaling they would).
 """
 
 import json
@@ -16,7 +17,7 @@ from .. import config as C
 from ..errors import UserError
 from . import model as M
 
-STOP_GAIN = 1.25  # a step up the node list "pays" while it cuts the time to target by at least 1/5
+STOP_GAIN = 1.25  # more nodes "pay" while some larger node count cuts the time to target by at least 1/5
 DEFAULT_BATCHES = "32,64,...,65536"
 
 
@@ -153,9 +154,12 @@ def _best_per_node(rows):
 def scaling_limit(sm, rows, per_node, steps):
     """(node count past which more nodes stop paying, the reason) from the best batch per node count."""
     best = _best_per_node(rows)
-    for a, b in zip(best, best[1:]):
-        if a["time_s"] / b["time_s"] >= STOP_GAIN:
+    for i, a in enumerate(best[:-1]):
+        # past a, every larger node count together saves less than 1/5: the next step up (b) tells why
+        b = best[i + 1]
+        if a["time_s"] / min(r["time_s"] for r in best[i + 1:]) >= STOP_GAIN:
             continue
+        gain = a["time_s"] / min(r["time_s"] for r in best[i + 1:])
         nodes = (a["nodes"], b["nodes"])
         batches = sorted({r["batch"] for r in rows})
 
@@ -178,7 +182,7 @@ def scaling_limit(sm, rows, per_node, steps):
                (True, True): "both: with a free network or with perfect batch scaling more nodes would still pay",
                (False, False): "per-rank overheads: even with a free network and perfect batch scaling, each "
                                "rank's share of the batch is too small to pay"}[(net, crit)]
-        return a["nodes"], why, a["time_s"] / b["time_s"]
+        return a["nodes"], why, gain
     return None, None, None
 
 
@@ -284,11 +288,11 @@ def print_plan(out, with_sweep, file=None):
         say(f"cheapest: {ch['nodes']} node(s) x {ch['ranks_per_node']} at global batch {ch['batch']}: "
             f"{_t(ch['time_s'])}, {ch['node_hours']:.3g} node-hours")
         if sp["nodes"] is None:
-            say("more nodes keep paying over the whole --nodes range (each step up the list cuts the time to "
-                f"target by {100 * (1 - 1 / STOP_GAIN):.0f} % or more)")
+            say("more nodes keep paying over the whole --nodes range (the largest node count is at least "
+                f"{100 * (1 - 1 / STOP_GAIN):.0f} % faster than any smaller one)")
         else:
-            change = (f"saves only {100 * (1 - 1 / sp['gain']):.0f} % of the time" if sp["gain"] >= 1 else
-                      f"takes {100 * (1 / sp['gain'] - 1):.0f} % longer")
-            say(f"more nodes stop paying past {sp['nodes']} node(s) (the next node count {change}): {sp['why']}")
+            change = (f"any larger node count saves at most {100 * (1 - 1 / sp['gain']):.0f} % of the time"
+                      if sp["gain"] >= 1 else "no larger node count is faster")
+            say(f"more nodes stop paying past {sp['nodes']} node(s) ({change}); the next step up: {sp['why']}")
     if out.get("figure"):
         say(f"wrote {out['figure']}")
