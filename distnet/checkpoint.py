@@ -48,11 +48,24 @@ class WriteError(UserError):
 
 
 class Damaged(UserError):
-    """A checkpoint that cannot be read back as written: truncated, not HDF5, or its checksum differs."""
+    """A checkpoint that cannot be read back as written: truncated, corrupt, or its checksum differs."""
+
+    message = "checkpoint {path} is damaged ({reason}): delete or move it to use the one before it"
 
     def __init__(self, path, reason):
-        super().__init__(f"checkpoint {path} is damaged ({reason}): delete or move it to use the one before it")
+        super().__init__(self.message.format(path=path, reason=reason))
         self.path, self.reason = path, reason
+
+
+class NotCheckpoint(Damaged):
+    """A file that is not HDF5 at all (a metrics file, a README given by mistake): telling the user to delete
+    it, as for a damaged checkpoint, would be wrong. A ``Damaged`` still, so that a ``ckpt-*.h5`` in a
+    checkpoint folder that is not HDF5 is passed over like any other unreadable one."""
+
+    message = "{path} is not a checkpoint (not an HDF5 file): give a checkpoint file or a checkpoint folder"
+
+    def __init__(self, path):
+        super().__init__(path, "not an HDF5 file")
 
 
 def checksum(arrays, attrs):
@@ -142,14 +155,39 @@ def _attr(value):
     return value
 
 
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def is_hdf5(path):
+    """Whether ``path`` carries the HDF5 signature: at offset 0, or after a user block (512, 1024, 2048, ...
+    bytes, as the format allows). The signature alone decides, whatever the HDF5 library's own check does:
+    a truncated checkpoint keeps it and is "damaged", a metrics file never had it and is not a checkpoint."""
+    with open(path, "rb") as f:
+        size, offset = os.fstat(f.fileno()).st_size, 0
+        while offset + len(HDF5_SIGNATURE) <= size:
+            f.seek(offset)
+            if f.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE:
+                return True
+            offset = max(512, 2 * offset)
+    return False
+
+
 def _open(path):
+    """The open HDF5 file; ``NotCheckpoint`` for a file that is not HDF5 at all, ``Damaged`` for one that is
+    but cannot be opened (truncated or corrupt)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist: pass a file written by 'distnet train' or model.save")
     try:
+        hdf5 = is_hdf5(path)
+    except OSError as e:
+        raise Damaged(path, f"unreadable: {_reason(e)}") from None
+    if not hdf5:
+        raise NotCheckpoint(path)
+    try:
         return h5py.File(path, "r")
     except OSError:
-        raise Damaged(path, "truncated or not HDF5") from None
+        raise Damaged(path, "truncated or corrupt HDF5") from None
 
 
 def read_verified(path):

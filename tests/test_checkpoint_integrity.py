@@ -53,7 +53,7 @@ def test_the_checksum_covers_arrays_and_attributes(tmp_path):
         ckpt.read_verified(path)
     path = write(tmp_path, 4)
     truncate(path)
-    with pytest.raises(ckpt.Damaged, match="truncated or not HDF5"):
+    with pytest.raises(ckpt.Damaged, match="truncated or corrupt HDF5"):
         ckpt.read_verified(path)
 
 
@@ -73,6 +73,37 @@ def test_a_checkpoint_from_before_checksums_is_still_read(tmp_path):
     with h5py.File(path, "r+") as f:
         del f.attrs[ckpt.CHECKSUM]
     assert ckpt.latest_valid(tmp_path) == (path, [])
+
+
+def test_a_file_that_is_not_hdf5_is_not_a_damaged_checkpoint(tmp_path):
+    metrics = tmp_path / "mlp.jsonl"
+    metrics.write_text('{"event": "start", "step": 0}\n')
+    with pytest.raises(ckpt.NotCheckpoint, match=r"mlp.jsonl is not a checkpoint \(not an HDF5 file\): give a "
+                                                 "checkpoint file or a checkpoint folder"):
+        ckpt.read_verified(metrics)
+    with pytest.raises(ckpt.NotCheckpoint):
+        ckpt.read_meta(metrics)
+    # in a checkpoint folder, a ckpt-*.h5 that is not HDF5 is passed over like any unreadable one
+    good, bad = write(tmp_path, 10), ckpt.checkpoint_path(tmp_path, 20)
+    bad.write_bytes(b"\0" * 4096)
+    assert ckpt.latest_valid(tmp_path) == (good, [(bad, "not an HDF5 file")])
+    assert ckpt.is_hdf5(good) and not ckpt.is_hdf5(metrics)
+
+
+def test_every_command_that_loads_a_checkpoint_says_not_a_checkpoint(tmp_path, spirals_data):
+    readme, metrics = tmp_path / "README.md", tmp_path / "mlp.jsonl"
+    readme.write_text("# notes\n" * 200)
+    metrics.write_text('{"event": "start", "step": 0}\n')
+    for command in (["eval", metrics], ["noise", readme], ["plot", "--boundary", metrics]):
+        r = run_distnet([*command, "--data", spirals_data], timeout=60)
+        errors = [line for line in r.stderr.splitlines() if line.startswith("distnet: error:")]
+        assert r.returncode == 2 and len(errors) == 1, r.stderr
+        assert errors[0] == (f"distnet: error: {command[-1]} is not a checkpoint (not an HDF5 file): give a "
+                             "checkpoint file or a checkpoint folder"), r.stderr
+    truncated = write(tmp_path, 1)
+    truncate(truncated)
+    r = run_distnet(["eval", truncated, "--data", spirals_data], timeout=60)
+    assert r.returncode == 2 and f"checkpoint {truncated} is damaged (truncated or corrupt HDF5)" in r.stderr, r.stderr
 
 
 def test_temporaries_of_unfinished_writes_are_removed_and_nothing_else(tmp_path):
