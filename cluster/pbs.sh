@@ -9,8 +9,9 @@
 #
 # Rerun: a job that PBS runs again (-r y: after a node failure, or qrerun) keeps its id, finds its own
 # checkpoints in runs/<job id>/, and the script adds --resume: training continues where it stopped.
-# Walltime: PBS sends SIGTERM, then SIGKILL after its kill_delay; distnet does not yet stop gracefully on a
-# signal (a later issue), so what survives is the newest checkpoint (--checkpoint-every STEPS).
+# Walltime: PBS sends SIGTERM, then SIGKILL after its kill_delay. On SIGTERM (at a rank, or at mpiexec, which
+# passes it on) distnet stops at the next step boundary with a checkpoint and exit code 3, if kill_delay leaves
+# the time; otherwise what survives is the newest periodic checkpoint (--checkpoint-every STEPS).
 #PBS -N distnet
 #PBS -l select=2:ncpus=8:mpiprocs=8
 #PBS -l walltime=01:00:00
