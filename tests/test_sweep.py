@@ -4,6 +4,7 @@ tiny synthetic set: a sweep here is 2 batch sizes of a few steps each on 1 rank.
 import csv
 import json
 import math
+import re
 import struct
 
 import numpy as np
@@ -117,8 +118,24 @@ def test_missing_data_report_of_no_sweep_and_other_settings(tmp_path, spirals_da
     common = ["sweep", "spirals-mlp", "--data", spirals_data, "--target", "accuracy=0.9", "--out", tmp_path / "s",
               "--slurm-array"]
     assert main([*common, "--batch-sizes", "64,128"]) == 0
+    capsys.readouterr()
     assert main([*common, "--batch-sizes", "64,256"]) == 2
-    assert "holds a sweep with other settings" in capsys.readouterr().err
+    err = capsys.readouterr().err  # the first setting that differs, with both values
+    assert err.count("\n") == 1 and "holds a sweep with other settings (sweep.json points[1].name is " \
+        '"b00128-lr1-s0" there, "b00256-lr1-s0" here): rerun it with the same options' in err, err
+    assert main([*common, "--batch-sizes", "64,128", "--set", "train.clip_grad_norm=1.0"]) == 2
+    assert "(config.toml train.clip_grad_norm is 0.0 there, 1.0 here)" in capsys.readouterr().err
+    assert main([*common, "--batch-sizes", "64,128"]) == 0  # the same settings again: continued
+
+
+def test_the_first_difference_of_two_settings():
+    from distnet.sweep.plan import first_difference
+
+    assert first_difference({"a": 1, "b": [1, {"c": 2}]}, {"a": 1, "b": [1, {"c": 2}]}) is None
+    assert first_difference({"a": 1, "b": [1, {"c": 2}]}, {"a": 1, "b": [1, {"c": 3}]}) == ("b[1].c", "2", "3")
+    assert first_difference({"a": [1]}, {"a": [1, 2]}) == ("a[1]", "absent", "2")
+    assert first_difference({"a": 1}, {"a": 1, "d": "x"}) == ("d", "absent", '"x"')
+    assert first_difference({"a": 1}, {"a": 1.0}) == ("a", "1", "1.0")
 
 
 # ---- Slurm array, --run-point, --report ----
@@ -163,13 +180,18 @@ def test_an_interrupted_sweep_keeps_finished_points_and_resumes_the_other(tmp_pa
     # 1024 (9 steps) never gets there and finishes
     r = sweep(out, spirals_data, env={"DISTNET_FAULT": "crash@0:20"})
     assert r.returncode == 1, r.stdout + r.stderr
-    assert "point b00256-lr1-s0 failed" in r.stderr and "run the same command again" in r.stderr
+    assert "distnet sweep: point 1/2 b00256-lr1-s0: failed (exit " in r.stderr, r.stderr
+    assert "run the same command again" in r.stderr
+    # a log (not a terminal, --no-progress): a line per finished point
+    assert re.search(r"^distnet sweep: point 2/2 b01024-lr1-s0: reached in \d+ steps, \d+ s$", r.stderr, re.M), r.stderr
     done = (out / "b01024-lr1-s0" / "metrics.jsonl").read_text()
     assert '"event": "summary"' in done
     assert list((out / "b00256-lr1-s0" / "ckpt").glob("ckpt-000000014.h5"))
     r = sweep(out, spirals_data)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "2 points in" in r.stderr and "1 done, 1 to resume" in r.stderr
+    resumed = re.search(r"^distnet sweep: point 2/2 b00256-lr1-s0: reached in (\d+) steps, \d+ s$", r.stderr, re.M)
+    assert resumed and resumed.group(1) == rows(out)["b00256-lr1-s0"]["steps_to_target"], r.stderr
     assert (out / "b01024-lr1-s0" / "metrics.jsonl").read_text() == done  # kept, not run again
     log = (out / "b00256-lr1-s0" / "log.txt").read_text()
     assert log.count("$ ") == 2 and "--resume" in log.splitlines()[-1] or "--resume" in log
@@ -196,9 +218,13 @@ def test_an_interrupted_sweep_keeps_finished_points_and_resumes_the_other(tmp_pa
 def test_an_adaptive_batch_point_is_compared_with_the_fixed_ones(tmp_path, spirals_data):
     out = tmp_path / "s"
     r = run_distnet(["sweep", "spirals-mlp", "--data", spirals_data, "--out", out, "--batch-sizes", "64,512",
-                     "--ranks", "2", "--epochs", "6", "--target", "accuracy=0.6", "--auto", "--no-progress"],
-                    timeout=240)
+                     "--ranks", "2", "--epochs", "6", "--target", "accuracy=0.6", "--auto"], timeout=240)
     assert r.returncode == 0, r.stdout + r.stderr
+    # stderr is not a terminal: no bar, a line per point instead
+    lines = [t for t in r.stderr.splitlines() if t.startswith("distnet sweep: point ")]
+    assert [t.split()[3:5] for t in lines] == [["1/3", "b00064-lr1-s0:"], ["2/3", "b00512-lr1-s0:"],
+                                               ["3/3", "bauto-lr1-s0:"]], r.stderr
+    assert "point/s" not in r.stderr and "%|" not in r.stderr, r.stderr
     log = (out / "bauto-lr1-s0" / "log.txt").read_text()
     assert "--batch-size auto --set train.batch_min=64 --set train.batch_max=512" in log
     got = rows(out)["bauto-lr1-s0"]
@@ -253,7 +279,8 @@ def test_plot_draws_learning_curves_of_runs(tmp_path, spirals_data, capsys):
     assert not (tmp_path / "empty.png").exists()
 
 
-def test_ctrl_c_ends_the_running_point_and_leaves_nothing_behind(tmp_path, spirals_data):
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_or_sigterm_ends_the_running_point_and_leaves_nothing_behind(tmp_path, spirals_data, sig):
     import os
     import signal
     import subprocess
@@ -270,10 +297,11 @@ def test_ctrl_c_ends_the_running_point_and_leaves_nothing_behind(tmp_path, spira
     while not (metrics.is_file() and '"event": "train"' in metrics.read_text()):
         assert proc.poll() is None and time.monotonic() < deadline, "the point never started"
         time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(getattr(signal, sig))
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
-    assert "interrupted; run the same command again" in err
+    assert proc.returncode == 3, err  # stopped by a signal, as a training run (README, "Failures")
+    by = "Ctrl-C" if sig == "SIGINT" else "SIGTERM"
+    assert f"distnet sweep: interrupted ({by}); run the same command again to continue" in err, err
 
     def in_sweep(pid):
         try:

@@ -9,10 +9,12 @@ collects what has run.
 
 import signal
 import sys
+import time
 from pathlib import Path
 
 from .. import config as C
 from ..errors import UserError
+from ..train.observers.signals import EXIT_STOPPED
 from . import launch
 from . import plan as P
 
@@ -104,11 +106,18 @@ def _plan(args):
 
 
 class _Terminated(Exception):
-    pass
+    """SIGTERM (a batch system's stop, scancel, a time limit) as an exception, like Ctrl-C's KeyboardInterrupt."""
 
 
 def _on_term(signum, frame):
     raise _Terminated()
+
+
+def _stopped(by, what):
+    """The line and exit code of a sweep (or one of its points) stopped by a signal: 3, as a training run
+    stopped by a signal (README, "Failures"): not finished, and resumed by running the same command again."""
+    print(f"distnet sweep: interrupted ({by}); run the same command again to continue ({what})", file=sys.stderr)
+    return EXIT_STOPPED
 
 
 def _sweep(plan, folder, args):
@@ -118,33 +127,19 @@ def _sweep(plan, folder, args):
 
     signal.signal(signal.SIGTERM, _on_term)  # a batch system's stop: end the running point, keep its checkpoint
     states = [launch.state(folder, p) for p in plan.points]
-    kept = states.count("done")
-    print(f"distnet sweep: {len(plan.points)} points in {folder} ({kept} done, {states.count('partial')} to resume)",
-          file=sys.stderr, flush=True)
-    failed = []
-    bar = tqdm(total=len(plan.points), initial=kept, unit="point", file=sys.stderr, disable=args.no_progress or None,
+    print(f"distnet sweep: {len(plan.points)} points in {folder} ({states.count('done')} done, "
+          f"{states.count('partial')} to resume)", file=sys.stderr, flush=True)
+    # a batch job's log (not a terminal) or --no-progress: a plain line per point instead of the bar
+    plain = args.no_progress or not sys.stderr.isatty()
+    bar = tqdm(total=len(plan.points), initial=states.count("done"), unit="point", file=sys.stderr, disable=plain,
                dynamic_ncols=True)
     try:
-        for p, st in zip(plan.points, states):
-            if st == "done":
-                continue
-            bar.set_postfix_str(f"{p.name}" + (" (resuming)" if st == "partial" else ""), refresh=True)
-            code = launch.run_point(plan, p, folder, args.launcher_prefix)
-            if code == 2:
-                raise UserError(f"point {p.name} stopped with a user error:\n{launch.last_error(folder, p)}\n"
-                                f"  (its log: {folder / p.name / 'log.txt'})")
-            if code != 0:
-                failed.append(p)
-                bar.write(f"distnet sweep: point {p.name} failed (exit {code}); its log "
-                          f"{folder / p.name / 'log.txt'} ends:\n{launch.last_error(folder, p)}", file=sys.stderr)
-            bar.update(1)
-            report.write(plan, folder, figures=False)  # results.csv grows as points finish
-    except (KeyboardInterrupt, _Terminated):
+        failed = _run_points(plan, folder, args, states, bar, plain)
+    except (KeyboardInterrupt, _Terminated) as e:
         bar.close()
         report.write(plan, folder, figures=False)
-        print("distnet sweep: interrupted; run the same command again to continue (finished points are kept, "
-              "the interrupted one resumes from its checkpoint)", file=sys.stderr)
-        return 130
+        return _stopped("SIGTERM" if isinstance(e, _Terminated) else "Ctrl-C",
+                        "finished points are kept, the interrupted one resumes from its checkpoint")
     finally:
         bar.close()
     report.write(plan, folder)
@@ -154,6 +149,49 @@ def _sweep(plan, folder, args):
               "command again to retry them", file=sys.stderr)
         return 1
     return 0
+
+
+def _run_points(plan, folder, args, states, bar, plain):
+    """Run every point not done yet, in order, saying how each ended; returns the points that failed."""
+    from . import report
+
+    failed, finished = [], states.count("done")
+    for p, st in zip(plan.points, states):
+        if st == "done":
+            continue
+        bar.set_postfix_str(f"{p.name}" + (" (resuming)" if st == "partial" else ""), refresh=True)
+        started = time.monotonic()
+        code = launch.run_point(plan, p, folder, args.launcher_prefix)
+        if code == 2:
+            raise UserError(f"point {p.name} stopped with a user error:\n{launch.last_error(folder, p)}\n"
+                            f"  (its log: {folder / p.name / 'log.txt'})")
+        bar.update(1)
+        rows = report.write(plan, folder, figures=False)  # results.csv grows as points finish
+        finished += 1
+        line = point_line(next(r for r in rows if r["point"] == p.name), code, time.monotonic() - started,
+                          f"{finished}/{len(plan.points)}")
+        if code != 0:
+            failed.append(p)
+            bar.write(f"{line}; its log {folder / p.name / 'log.txt'} ends:\n{launch.last_error(folder, p)}",
+                      file=sys.stderr)
+        elif plain:
+            print(line, file=sys.stderr, flush=True)
+    return failed
+
+
+def point_line(row, code, seconds, count):
+    """The line said when a point ends: its name, how it ended (steps to the target, or "not reached" and
+    the steps it ran), and the time it took here; e.g. ``distnet sweep: point 3/8 b00256-lr1-s0: reached in
+    42 steps, 12 s``."""
+    if code != 0:
+        how = f"failed (exit {code})"
+    elif row["status"] == "reached":
+        how = f"reached in {row['steps_to_target']} steps"
+    elif row["status"] == "not reached":
+        how = f"not reached in {row['steps_run']} steps"
+    else:
+        how = f"{row['status']} (no summary line in its metrics)"
+    return f"distnet sweep: point {count} {row['point']}: {how}, {seconds:.0f} s"
 
 
 def _run_point(folder, index, prefix=""):
@@ -168,8 +206,9 @@ def _run_point(folder, index, prefix=""):
     signal.signal(signal.SIGTERM, _on_term)
     try:
         code = launch.run_point(plan, point, folder, prefix)
-    except _Terminated:
-        return 143
+    except (KeyboardInterrupt, _Terminated) as e:
+        return _stopped("SIGTERM" if isinstance(e, _Terminated) else "Ctrl-C",
+                        f"point {point.name} resumes from its checkpoint")
     if code:
         print(f"distnet sweep: point {point.name} failed (exit {code}):\n{launch.last_error(folder, point)}",
               file=sys.stderr)

@@ -248,13 +248,63 @@ def save(folder, plan, cfg):
     text, js = C.to_toml(cfg), plan.to_json()
     old_cfg, old_plan = folder / "config.toml", folder / "sweep.json"
     if old_plan.exists():
-        same = old_plan.read_text() == js and old_cfg.exists() and old_cfg.read_text() == text
-        if not same:
-            raise UserError(f"{folder} holds a sweep with other settings: rerun it with the same options and "
-                            "config to continue it, or give another --out")
+        old_js, old_text = old_plan.read_text(), old_cfg.read_text() if old_cfg.exists() else ""
+        if (old_js, old_text) != (js, text):
+            differs = _difference(old_js, js, old_text, text)
+            raise UserError(f"{folder} holds a sweep with other settings ({differs}): rerun it with the same "
+                            "options and config to continue it, or give another --out")
         return
     _write(old_cfg, text)
     _write(old_plan, js)
+
+
+def _difference(old_js, js, old_text, text):
+    """Where the sweep in a folder and the one asked for differ, in words: the first differing setting of
+    sweep.json (the options), else of config.toml, with both values, so the user knows what to change back."""
+    if old_js != js:
+        return _described("sweep.json", old_js, js, json.loads)
+    return _described("config.toml", old_text, text, lambda t: C.parse_toml(t, "config.toml"))
+
+
+def _described(name, old, new, parse):
+    try:
+        found = first_difference(parse(old), parse(new))
+    except (ValueError, UserError):  # a file this distnet cannot read
+        return f"its {name} cannot be read"
+    if found is None:
+        return f"its {name} is written differently"
+    key, was, now = found
+    return f"{name} {key} is {was} there, {now} here"
+
+
+MISSING = object()
+
+
+def first_difference(old, new, path=""):
+    """(key path such as ``points[1].batch``, old value, new value) of the first place in document order
+    where two JSON-like values differ, the values as JSON; None when they are equal."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in [*old, *(k for k in new if k not in old)]:
+            found = first_difference(old.get(key, MISSING), new.get(key, MISSING), f"{path}.{key}" if path else key)
+            if found:
+                return found
+        return None
+    if isinstance(old, list) and isinstance(new, list):
+        for i in range(max(len(old), len(new))):
+            found = first_difference(old[i] if i < len(old) else MISSING, new[i] if i < len(new) else MISSING,
+                                     f"{path}[{i}]")
+            if found:
+                return found
+        return None
+    if old == new and type(old) is type(new):
+        return None
+    return path, _shown(old), _shown(new)
+
+
+def _shown(value, width=60):
+    """A value as JSON, cut short: a whole point or list would not fit the one-line message."""
+    text = "absent" if value is MISSING else json.dumps(value)
+    return text if len(text) <= width else text[:width - 1] + "…"
 
 
 def _write(path, text):
