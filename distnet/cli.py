@@ -1,6 +1,7 @@
 """The ``distnet`` command. Each sub-command lives in its own module with ``add_arguments`` and ``run``."""
 
 import argparse
+import difflib
 import importlib
 import sys
 
@@ -38,10 +39,62 @@ def build_parser(argv=()):
     return parser
 
 
+def check_sets(argv):
+    """``--set KEY VALUE`` (a space for the ``=``) would leave VALUE to argparse as a stray argument, reported
+    under the top-level usage: name the fix instead. Stops at ``--`` (what follows is another command's)."""
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            return
+        if arg == "--set" and i + 1 < len(argv):
+            key, rest = argv[i + 1], argv[i + 2:]
+        elif arg.startswith("--set="):
+            key, rest = arg[len("--set="):], argv[i + 1:]
+        else:
+            continue
+        if "=" not in key and not key.startswith("-"):
+            value = rest[0] if rest and not rest[0].startswith("--") else None
+            shown = f"--set {key}" + (f" {value}" if value is not None else "")
+            raise UserError(f"{shown}: write --set {key}={value if value is not None else 'VALUE'}")
+
+
+def innermost(parser, args):
+    """The parser of the (sub-)command ARGS were parsed for: ``distnet bench step``'s, not ``distnet``'s."""
+    while True:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        name = getattr(args, subs[0].dest, None) if subs else None
+        if name not in (subs[0].choices if subs else {}):
+            return parser
+        parser = subs[0].choices[name]
+
+
+def unrecognized(parser, extra):
+    """One line for arguments PARSER does not take: the first unknown option with the closest option it
+    has (``--batchsize``: did you mean ``--batch-size``?), or the first stray argument."""
+    options = {o.lstrip("-"): o for a in parser._actions for o in a.option_strings}
+    for arg in extra:
+        if arg.startswith("-") and arg != "-":
+            option = arg.split("=", 1)[0]
+            # names without their dashes: the shared "--" would make any two options look alike
+            close = difflib.get_close_matches(option.lstrip("-"), options, n=1, cutoff=0.7)
+            fix = f"did you mean {options[close[0]]}?" if close else f"see {parser.prog} --help"
+            return f"{parser.prog} has no option {option}: {fix}"
+    return f"{parser.prog} does not take {extra[0]!r} here: see {parser.prog} --help"
+
+
+def parse(argv):
+    """The parsed ARGV; a UserError (one line) for a misspelled option, a stray argument or ``--set K V``."""
+    check_sets(argv)
+    parser = build_parser(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        raise UserError(unrecognized(innermost(parser, args), extra))
+    return args
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
-    args = build_parser(argv).parse_args(argv)
     try:
+        args = parse(argv)
         code = args._run(args)
     except UserError as e:
         print(f"distnet: error: {e}", file=sys.stderr)

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from . import checkpoint as ckpt
+from .cli import check_sets, unrecognized
 from .errors import UserError
 from .train.observers.signals import EXIT_STOPPED, SIGNALS
 
@@ -53,10 +54,13 @@ def job_config(job):
         raise UserError("distnet run supervises a training job: distnet run -n 2 -- train CONFIG [options]")
     p = argparse.ArgumentParser(prog="distnet train", exit_on_error=False)
     train_cli.add_arguments(p)
+    check_sets(job)
     try:
-        args = p.parse_args(job[1:])
+        args, extra = p.parse_known_args(job[1:])
     except (argparse.ArgumentError, SystemExit) as e:
         raise UserError(f"distnet run: the job's arguments: {e}") from None
+    if extra:
+        raise UserError(f"distnet run: the job's arguments: {unrecognized(p, extra)}")
     return train_cli.resolve(args)
 
 

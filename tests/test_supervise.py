@@ -72,6 +72,20 @@ def test_user_errors_are_not_restarted_and_restarts_run_out(tmp_path, spirals_da
     assert r.returncode == 2 and "distnet run supervises a training job" in r.stderr
 
 
+@pytest.mark.parametrize("args,message", [
+    (["--batchsize", "4"], "distnet run: the job's arguments: distnet train has no option --batchsize: did you "
+                           "mean --batch-size?"),
+    (["--set", "train.epochs", "4"], "--set train.epochs 4: write --set train.epochs=4"),
+])
+def test_the_jobs_misspelled_options_are_one_line_errors(args, message):
+    from distnet.errors import UserError
+    from distnet.supervise import job_config
+
+    with pytest.raises(UserError) as e:
+        job_config(["train", "spirals-mlp", *args])
+    assert str(e.value) == message
+
+
 def test_a_signal_to_the_supervisor_stops_the_job_gracefully_and_ends_supervision(tmp_path, spirals_data):
     out = tmp_path / "s"
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", PYTHONUNBUFFERED="1",

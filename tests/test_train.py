@@ -148,6 +148,24 @@ def test_user_errors_exit_2_on_every_rank_with_one_message(tmp_path, spirals_dat
     assert message in lines[0]
 
 
+@pytest.mark.parametrize("args,message", [
+    (["train", "fashion-mlp", "--set", "train.epochs", "3"], "--set train.epochs 3: write --set train.epochs=3"),
+    (["train", "fashion-mlp", "--set=train.epochs", "3"], "--set train.epochs 3: write --set train.epochs=3"),
+    (["train", "fashion-mlp", "--batchsize", "256"],
+     "distnet train has no option --batchsize: did you mean --batch-size?"),
+    (["train", "fashion-mlp", "--epohcs=3"], "distnet train has no option --epohcs: did you mean --epochs?"),
+    (["data", "prepare", "spirals", "--out", "x", "--num-trian", "5"],
+     "distnet data prepare has no option --num-trian: did you mean --num-train?"),
+    (["sweep", "fashion-mlp", "--frobnicate"], "distnet sweep has no option --frobnicate: see distnet sweep --help"),
+    (["eval", "ck", "stray"], "distnet eval does not take 'stray' here: see distnet eval --help"),
+])
+def test_misspelled_options_and_set_without_equals_are_one_line_errors(capsys, args, message):
+    from distnet.cli import main
+
+    assert main(args) == 2
+    assert capsys.readouterr().err == f"distnet: error: {message}\n"
+
+
 def test_unknown_preset_and_bad_layer_key(tmp_path, spirals_data):
     r = run_distnet(["train", "no-such-preset"], timeout=60)
     assert r.returncode == 2 and "unknown preset 'no-such-preset'" in r.stderr
