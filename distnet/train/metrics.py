@@ -156,13 +156,15 @@ class Progress:
                 self.bar.total = total_steps
 
     def line(self, text):
-        """A message that stays (epoch results): above the bar, or on stdout without one."""
+        """A message that stays (epoch results): above the bar, or on stdout without one. Once the bar is
+        closed, bar mode's lines still go where the bar went (stderr): on stdout, a separate pipe under
+        mpiexec, a line could reach the terminal before the bar's closing newline and join its last line."""
         if self.mode == "none":
             return
         if self.bar is not None:
             self.bar.write(text, file=sys.stderr)
         else:
-            print(text, flush=True)
+            print(text, file=sys.stderr if self.mode == "bar" else sys.stdout, flush=True)
 
     def close(self):
         if self.bar is not None:

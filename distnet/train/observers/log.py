@@ -15,6 +15,13 @@ def epoch_label(run):
     return pos.epoch if pos.step_in_epoch == 0 and pos.epoch > 0 else pos.epoch + 1
 
 
+def bar_total(run):
+    """The steps the run will have taken at its end: the epochs' steps, or ``train.max_steps`` when that is
+    fewer (the bar would otherwise end at "200/468")."""
+    max_steps = run.cfg["train"]["max_steps"]
+    return min(run.total_steps, max_steps) if max_steps else run.total_steps
+
+
 class Log(Observer):
     """Train lines every ``train.log_every`` steps and at epoch ends, skip lines, eval lines (for the
     evaluation observer), the start and summary lines; rank 0 only."""
@@ -24,7 +31,7 @@ class Log(Observer):
         root = run.world.rank == 0
         self.metrics = MetricsWriter(lc["metrics"] if root else None, append=run.cfg["checkpoint"]["resume"])
         mode = "none" if lc["quiet"] or not root else lc["progress"]
-        self.progress = Progress(run.total_steps, initial=run.pos.global_step, mode=mode)
+        self.progress = Progress(bar_total(run), initial=run.pos.global_step, mode=mode)
         self.about = about or {}
         self._new_window()
 
@@ -77,7 +84,7 @@ class Log(Observer):
         self.metrics.write("train", run.pos.global_step, epoch=epoch_label(run), loss=loss, accuracy=acc,
                            lr=stats.lr, samples_per_s=sps, global_batch=run.batch, grad_norm=stats.grad_norm,
                            **stats.sync, **stats.noise, **extra)
-        self.progress.set_total(run.total_steps)  # a growing batch ("auto") takes fewer steps
+        self.progress.set_total(bar_total(run))  # a growing batch ("auto") takes fewer steps
         shown = {"noise": round(stats.noise["noise_scale"])} if stats.noise.get("noise_scale") is not None else {}
         self.progress.update(self.w_steps, loss=loss, acc=acc, sps=round(sps), **shown)
         self._new_window()
@@ -99,7 +106,6 @@ class Log(Observer):
     def summary(self, run, summary):
         self.metrics.write("summary", run.pos.global_step, **summary)
         self.metrics.close()
-        if run.world.rank == 0 and not run.cfg["log"]["quiet"]:
-            best = summary["best_accuracy"]
-            print(f"distnet: done in {summary['wall_s']:.1f} s, {run.pos.global_step} steps, "
-                  + (f"best accuracy {best:.4f}" if best is not None else "no evaluation ran"), flush=True)
+        best = summary["best_accuracy"]  # through the progress display: after the bar, on its stream
+        self.progress.line(f"distnet: done in {summary['wall_s']:.1f} s, {run.pos.global_step} steps, "
+                           + (f"best accuracy {best:.4f}" if best is not None else "no evaluation ran"))
