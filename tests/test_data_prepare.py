@@ -147,6 +147,10 @@ def test_cli_prepare_inspect_and_list(tmp_path):
     r = run_distnet(["data", "prepare", "spirals", "--out", out, "--num-train", 300, "--num-test", 100,
                      "--shards", 2])
     assert r.returncode == 0, r.stderr
+    assert f"shard checksums: SHA-256 written; `distnet data inspect {out}` verifies them" in r.stdout, r.stdout
+    assert "not checked" not in r.stdout
+    r = run_distnet(["data", "inspect", out])
+    assert r.returncode == 0 and "  shard checksums: verified\n" in r.stdout, r.stdout + r.stderr
     r = run_distnet(["data", "inspect", out, "--json"])
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout)

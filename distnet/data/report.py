@@ -22,15 +22,22 @@ def verify_shard(shard):
                                 "`distnet data prepare NAME --out DIR --force`")
 
 
+# The "checksums" of a summary (each shard's SHA-256 of x and y) in the words of ``render``
+SHARD_CHECKSUMS = {"verified": "verified", "not checked": "not checked (--no-verify)",
+                   "written": "SHA-256 written; `distnet data inspect {path}` verifies them"}
+
+
 def catalog_match(name, fname, digest):
-    """Whether a source file's sum is the catalog's for that file name."""
+    """Whether a source file's sum is the catalog's for that file name. The catalog's own word for where its
+    sum comes from ("verified": computed from a copy) is left out: beside "checksums: not checked" it read as
+    if the file had been both checked and not."""
     known = {e["name"]: e for e in catalog.get(name).get("files", {}).values()}
     entry = known.get(fname)
     if entry is None or not entry.get("sha256"):
-        return "not in the catalog"
+        return "not in the catalog: not checked"
     if entry["sha256"] != digest:
         return "differs from the catalog: not the official file"
-    return f"matches the catalog, {entry.get('sha256_status', 'unverified')}"
+    return "matches the catalog" + ("'s published sum" if entry.get("sha256_status") == "published" else "")
 
 
 def storage_of(split):
@@ -63,7 +70,7 @@ def render(info):
              f"  x: {info['dtype']} per sample {tuple(info['input_shape'])} (NCHW for images); y: int64",
              f"  model input = x * {info['pixel_scale']:.6g}, standardized with the train split's per-channel",
              f"  mean {np.round(info['mean'], 4).tolist()}  std {np.round(info['std'], 4).tolist()}",
-             f"  checksums: {info['checksums']}"]
+             "  shard checksums: " + SHARD_CHECKSUMS.get(info["checksums"], info["checksums"]).format(**info)]
     for name, s in info["splits"].items():
         lines.append(f"  {name}: {s['samples']} samples in {s['shards']} shard(s), {s['storage']}, "
                      f"{s['bytes'] / 2**20:.1f} MiB")
