@@ -48,25 +48,11 @@ def add_arguments(p):
 
 def parse_counts(text, option):
     """``"1,2,4"`` or a doubling run ``"1,2,...,1024"`` of positive integers, ascending and distinct."""
-    items = [t.strip() for t in str(text).split(",") if t.strip()]
-    try:
-        if "..." in items:
-            if items.index("...") != 2 or len(items) != 4:
-                raise ValueError
-            a, b, last = int(items[0]), int(items[1]), int(items[3])
-            if a < 1 or b <= a or b % a or last < b:
-                raise ValueError
-            out = [a]
-            while out[-1] * (b // a) <= last:
-                out.append(out[-1] * (b // a))
-        else:
-            out = [int(t) for t in items]
-    except ValueError:
-        raise UserError(f"{option} {text!r}: give positive integers such as 1,2,4 or a doubling run such as "
-                        "1,2,...,64") from None
-    if not out or min(out) < 1 or len(set(out)) != len(out):
-        raise UserError(f"{option} {text!r}: give distinct positive integers such as 1,2,4")
-    return sorted(out)
+    from ..sweep.plan import parse_run
+
+    what = "node counts" if option == "--nodes" else "global batch sizes"
+    return parse_run(text, option, what, "1,2,4" if option == "--nodes" else "256,1024",
+                     "1,2,...,64" if option == "--nodes" else "32,64,...,8192")
 
 
 def _input_shape(cfg):

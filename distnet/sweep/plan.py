@@ -18,28 +18,34 @@ RULES = ("none", "linear", "sqrt")
 PLAN_VERSION = 2
 
 
-def parse_batch_sizes(text):
-    """``"32,64,128"`` or ``"32,64,...,8192"`` (a geometric run: the ratio of the first two, up to the last)."""
-    items = [t.strip() for t in text.split(",") if t.strip()]
+def parse_run(text, option, what="global batch sizes", example="32,64,128", run="32,64,...,8192"):
+    """``"32,64,128"`` or ``"32,64,...,8192"`` (a geometric run: the ratio of the first two, up to the last) as
+    sorted distinct positive integers; ``option`` and ``what`` name them in the one-line error."""
+    items = [t.strip() for t in str(text).split(",") if t.strip()]
     try:
         if "..." in items:
             i = items.index("...")
             if i != 2 or len(items) != 4:
                 raise ValueError
             a, b, last = int(items[0]), int(items[1]), int(items[3])
-            if b <= a or b % a or last < b:
+            if a < 1 or b <= a or b % a or last < b:
                 raise ValueError
-            sizes = [a]
-            while sizes[-1] * (b // a) <= last:
-                sizes.append(sizes[-1] * (b // a))
+            values = [a]
+            while values[-1] * (b // a) <= last:
+                values.append(values[-1] * (b // a))
         else:
-            sizes = [int(t) for t in items]
+            values = [int(t) for t in items]
     except ValueError:
-        raise UserError(f"--batch-sizes {text!r}: expected global batch sizes such as 32,64,128 or a doubling "
-                        "run such as 32,64,...,8192") from None
-    if not sizes or min(sizes) < 1 or len(set(sizes)) != len(sizes):
-        raise UserError(f"--batch-sizes {text!r}: give distinct positive batch sizes")
-    return sorted(sizes)
+        raise UserError(f"{option} {text!r}: expected {what} such as {example} or a doubling run such as "
+                        f"{run}") from None
+    if not values or min(values) < 1 or len(set(values)) != len(values):
+        raise UserError(f"{option} {text!r}: give distinct positive {what.split()[-1]}")
+    return sorted(values)
+
+
+def parse_batch_sizes(text):
+    """``--batch-sizes``: a list or a doubling run of global batch sizes."""
+    return parse_run(text, "--batch-sizes")
 
 
 def parse_ranks(text):
