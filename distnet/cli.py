@@ -23,15 +23,45 @@ COMMANDS = {
 }
 
 
+# What --help shows under each command: the lines a user would type first.
+EXAMPLES = {
+    "": ["distnet data prepare fashion-mnist --out data/fashion-mnist",
+         "mpiexec -n 2 distnet train fashion-mlp --metrics runs/mlp.jsonl",
+         "distnet COMMAND --help"],
+    "train": ["distnet train fashion-mlp --epochs 3", "mpiexec -n 4 distnet train fashion-cnn --set train.epochs=10",
+              "distnet train my.toml --checkpoint-dir runs/ck --resume", "distnet train fashion-mlp --print-config"],
+    "eval": ["distnet eval runs/ck --data data/fashion-mnist", "distnet eval runs/ck --top-k 3 --json"],
+    "data": ["distnet data list", "distnet data prepare fashion-mnist --out data/fashion-mnist",
+             "distnet data inspect data/fashion-mnist"],
+    "bench": ["distnet bench step", "mpiexec -n 2 distnet bench train fashion-mlp"],
+    "noise": ["distnet noise runs/ck --batch-sizes 8,16,...,4096 --out noise.png"],
+    "sweep": ["distnet sweep fashion-mlp --batch-sizes 64,128,...,2048 --target accuracy=0.88 --out sweeps/mlp",
+              "distnet sweep fashion-mlp --batch-sizes 256,1024 --ranks 1,2 --target accuracy=0.88 --out sweeps/r",
+              "distnet sweep --report sweeps/mlp"],
+    "plot": ["distnet plot runs/a.jsonl runs/b.jsonl --x samples --out curves.png"],
+    "run": ["distnet run -n 4 -- train my.toml --checkpoint-dir runs/ck"],
+    "calibrate": ["mpiexec -n 2 distnet calibrate fashion-mlp --out cal.json",
+                  "srun -n 64 distnet calibrate my.toml --set comm.sync='\"bucketed\"' --out cal.json"],
+    "plan": ["distnet plan fashion-mlp --calibration cal.json --nodes 1,2,...,64 --ranks-per-node 32",
+             "distnet plan fashion-mlp --calibration cal.json --sweep sweeps/mlp --link 100gbit --out plan.png"],
+}
+
+
+def _epilog(name):
+    return "examples:\n" + "\n".join(f"  {line}" for line in EXAMPLES.get(name, []))
+
+
 def build_parser(argv=()):
     """The parser; only the command named in ARGV is imported (a broken or slow module elsewhere, e.g. an
     optional benchmark, cannot stop ``distnet train``, and start-up under many ranks stays short)."""
-    parser = argparse.ArgumentParser(prog="distnet", description="Data-parallel NumPy training over MPI.")
+    parser = argparse.ArgumentParser(prog="distnet", description="Data-parallel NumPy training over MPI.",
+                                     epilog=_epilog(""), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"distnet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     chosen = next((a for a in argv if not a.startswith("-")), None)
     for name, (module, help_) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_, description=help_)
+        p = sub.add_parser(name, help=help_, description=help_, epilog=_epilog(name),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         if name == chosen:
             mod = importlib.import_module(module)
             mod.add_arguments(p)
