@@ -47,6 +47,27 @@ def _fit_grid(batches):
     return [2 ** (lo + (hi - lo) * i / 100) for i in range(101)]
 
 
+def _log_labels(ax):
+    """Numbers on a log y axis that spans less than two decades: otherwise it may show one label, or none."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    lo, hi = ax.get_ylim()
+    plain = FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 10 else f"{v:g}")
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_locator(LogLocator(base=10, subs=(2, 3, 5)))  # after _batch_axis's minorticks_off
+    ax.yaxis.set_minor_formatter(plain if hi < 100 * lo else NullFormatter())
+    ax.tick_params(axis="y", which="minor", labelsize=7)
+
+
+def _unreached(ax, batches, reached):
+    """Hollow markers along the top for the batch sizes where no rate reached the target within the cap."""
+    missing = [b for b in batches if b not in set(reached)]
+    if missing:
+        top = ax.get_ylim()[1]
+        ax.scatter(missing, [top] * len(missing), marker="v", s=40, facecolors="none", edgecolors="C3",
+                   clip_on=False, zorder=4, label="not reached within the cap")
+
+
 def _steps(plt, folder, rows, per_batch, f, noise, plan):
     fig, ax = plt.subplots(figsize=(7, 4.8))
     batches = sorted({r["batch"] for r in rows})
@@ -60,13 +81,14 @@ def _steps(plt, folder, rows, per_batch, f, noise, plan):
     grid = _fit_grid(batches)
     ax.plot(grid, [ss[0] * bb[0] / b for b in grid], color="0.3", lw=1, ls="-.", label="perfect scaling")
     if f is not None:
-        ax.plot(grid, [f.steps(b) for b in grid], color="C3", lw=1.2,
-                label=f"fit S_min(1+B_crit/B): S_min {f.s_min:,.0f}")
+        ax.plot(grid, [f.steps(b) for b in grid], color="C3", lw=1.2, label="fit S_min(1+B_crit/B)")
         if f.s_min > 0:
-            ax.axhline(f.s_min, color="C3", lw=0.6, alpha=0.5)
+            ax.axhline(f.s_min, color="C3", lw=0.8, ls=":", label=f"S_min {f.s_min:,.0f} (an unlimited batch)")
     _marks(ax, f, noise)
     ax.set_yscale("log")
+    _unreached(ax, batches, bb)
     _batch_axis(ax, batches)
+    _log_labels(ax)
     ax.set_ylabel(f"steps to {plan.split} {plan.target.replace('=', ' ')}")
     ax.set_title(f"{plan.config}: steps to target")
     ax.legend(fontsize=8)
@@ -84,7 +106,9 @@ def _samples(plt, folder, rows, per_batch, f, noise, plan):
                 label=f"fit E_min(1+B/B_crit): E_min {f.e_min:,.0f}")
     _marks(ax, f, noise)
     ax.set_yscale("log")
+    _unreached(ax, batches, bb)
     _batch_axis(ax, batches)
+    _log_labels(ax)
     ax.set_ylabel("training samples to target")
     ax.set_title(f"{plan.config}: samples to target")
     ax.legend(fontsize=8)
