@@ -11,6 +11,9 @@ from . import pyplot, save
 
 XLABEL = {"steps": "step", "samples": "training samples", "time": "running time, s"}
 STYLE = {"train": "-", "val": "--", "test": ":"}
+# the panels' y labels: the titles name the quantity, these its scale (a panel read alone, as in a paper)
+YLABEL = {"loss": "loss (log scale)", "accuracy": "accuracy (fraction correct)", "lr": "learning rate",
+          "noise_scale": "B_simple, samples (log scale)"}
 
 
 def _finite(v):
@@ -83,12 +86,15 @@ def main(args):
     for key, ax in axes.items():
         ax.set_title(titles[key])
         ax.set_xlabel(XLABEL[x_kind])
+        ax.set_ylabel(YLABEL[key])
         ax.grid(True, alpha=0.3)
         if ax.get_legend_handles_labels()[0] and (key in ("loss", "accuracy") or len(runs) > 1):
             ax.legend(fontsize=7)
     if noise:
         axes["noise_scale"].set_yscale("log")
     axes["loss"].set_yscale("log")
+    if len(runs) == 1:  # several runs are named in the legends; one alone would be named nowhere
+        fig.suptitle(runs[0][0])
     fig.tight_layout()
     save(fig, out)
     print(f"distnet plot: wrote {out}")

@@ -61,7 +61,8 @@ def misclassified(report, images, path):
     wrong, names = report["misclassified"], report["classes"]
     cols = min(6, len(wrong))
     rows = -(-len(wrong) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 2.5 * rows), squeeze=False)
+    # constrained layout puts the title just above the first row; a fixed figure height left a gap under it
+    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 2.5 * rows), squeeze=False, layout="constrained")
     for ax in axes.ravel():
         ax.axis("off")
     for ax, w, img in zip(axes.ravel(), wrong, images):

@@ -116,7 +116,11 @@ def _samples(plt, folder, rows, per_batch, f, noise, plan):
 
 
 def _accuracy(plt, folder, rows, per_batch, plan):
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    """Accuracy and generalization gap against batch size, side by side; constrained layout keeps the right
+    panel's long y label clear of the left panel's ticks (a fixed spacing let them touch when the gap's tick
+    labels are wide, e.g. negative)."""
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
+    fig.get_layout_engine().set(wspace=0.05)  # and a clear gap: the label would sit right beside the ticks
     batches = sorted({r["batch"] for r in rows})
     best = {d["batch"]: d for d in per_batch}
     # per batch: the best rate's mean where one reached the target, else the best value any rate got
@@ -157,8 +161,8 @@ def _curves(plt, folder, plan, best):
     best rate of each batch size drawn solid, the others faint."""
     metric = plan.target.partition("=")[0]
     batches = sorted({p.batch for p in plan.points if not p.auto})
-    cmap = plt.get_cmap("viridis")
-    color = {b: cmap(i / max(1, len(batches) - 1)) for i, b in enumerate(batches)}
+    cmap = plt.get_cmap("viridis")  # its light green-to-yellow end (past 0.75) is hard to see on white
+    color = {b: cmap(0.75 * i / max(1, len(batches) - 1)) for i, b in enumerate(batches)}
     rows = {}
     fig, ax = plt.subplots(figsize=(8, 5))
     drawn = set()
@@ -183,9 +187,14 @@ def _curves(plt, folder, plan, best):
     ax.set_xscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel(f"{plan.split} {metric}")
+    floor = None
     if metric == "accuracy":
         lows = [min(r[metric] for r in ev) for ev in rows.values()]
-        ax.set_ylim(max(min(lows), value - 0.25), None)
+        floor = max(min(lows), value - 0.25)
+        ax.set_ylim(floor, None)
+    lo, hi = _step_range(rows.values(), metric, floor)
+    if lo < hi:  # autoscale would start at 10^0, a decade or more before the first curve shows
+        ax.set_xlim(lo, hi)
     ax.grid(True, alpha=0.3)
     ax.set_title(f"{plan.config}: learning curves of every point")
     from matplotlib.lines import Line2D
@@ -196,6 +205,16 @@ def _curves(plt, folder, plan, best):
     ax.legend(handles=handles + [target], fontsize=7, ncol=2,
               title="best rate solid, others faint" if best else None, title_fontsize=7)
     return save(fig, folder / FIGURES["curves"]).name
+
+
+def _step_range(curves, metric, floor):
+    """(first, last) step of the curves where they show: the first evaluations of an accuracy curve lie under
+    the y axis's ``floor``, so it starts at the one before it rises above (its line enters from the bottom)."""
+    first = []
+    for ev in curves:
+        shown = [i for i, r in enumerate(ev) if floor is None or r[metric] >= floor]
+        first.append(ev[max(0, shown[0] - 1)]["step"] if shown else ev[-1]["step"])
+    return min(first), max(r["step"] for ev in curves for r in ev)
 
 
 def _ranks_axis(ax, counts):

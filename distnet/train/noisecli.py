@@ -149,7 +149,8 @@ def fit(result):
 
 
 def figure(result, path, title=""):
-    """Mean squared distance and its square root against m, log-log, with the fitted lines."""
+    """Mean squared distance and its square root against m, log-log, with the fitted lines; the legend under
+    the axes."""
     from ..plot import pyplot, save
 
     plt = pyplot()
@@ -177,7 +178,12 @@ def figure(result, path, title=""):
     ax.set_ylabel("distance to the full-batch gradient")
     ax.set_title(title or "minibatch gradient error at fixed parameters")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    # under the axes: inside, its lines cover the points of some sizes whatever corner it takes. Two columns,
+    # filled down: the variance's entries on the left, the standard deviation's on the right
+    handles, labels = ax.get_legend_handles_labels()
+    order = [0, 1, 4, 2, 3, 5] if len(handles) == 6 else list(range(len(handles)))
+    ax.legend([handles[i] for i in order], [labels[i] for i in order], fontsize=8, loc="upper center",
+              bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
     return save(fig, path)
 
 
