@@ -128,6 +128,41 @@ def test_missing_data_report_of_no_sweep_and_other_settings(tmp_path, spirals_da
     assert main([*common, "--batch-sizes", "64,128"]) == 0  # the same settings again: continued
 
 
+def test_more_batch_sizes_grow_a_sweep_and_keep_its_points(tmp_path, spirals_data):
+    out = tmp_path / "s"
+    r = sweep(out, spirals_data, "--batch-sizes", "1024")
+    assert r.returncode == 0, r.stdout + r.stderr
+    old = out / "b01024-lr1-s0" / "metrics.jsonl"
+    kept, mtime = old.read_text(), old.stat().st_mtime_ns
+    r = sweep(out, spirals_data, "--batch-sizes", "512,1024")  # one more: added and run, the old one kept
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "2 points in" in r.stderr and "(1 done, 0 to resume)" in r.stderr, r.stderr
+    assert old.stat().st_mtime_ns == mtime and old.read_text() == kept  # not run again
+    plan = json.loads((out / "sweep.json").read_text())
+    assert [(p["index"], p["name"]) for p in plan["points"]] == [(0, "b01024-lr1-s0"), (1, "b00512-lr1-s0")]
+    got = rows(out)
+    assert sorted(got) == ["b00512-lr1-s0", "b01024-lr1-s0"]
+    assert all(p["status"] in ("reached", "not reached") for p in got.values()), got
+    r = sweep(out, spirals_data, "--batch-sizes", "512,1024,2048", "--lr-rule", "linear")  # not a growth
+    assert r.returncode == 2 and 'sweep.json lr_rule is "sqrt" there, "linear" here' in r.stderr, r.stderr
+    assert len(json.loads((out / "sweep.json").read_text())["points"]) == 2
+
+
+def test_a_sweep_grows_only_when_its_points_stay_as_they_were(tmp_path, spirals_data, capsys):
+    common = ["sweep", "spirals-mlp", "--data", spirals_data, "--target", "accuracy=0.9", "--slurm-array", "--out"]
+    assert main([*common, tmp_path / "s", "--batch-sizes", "64,256"]) == 0
+    assert main([*common, tmp_path / "s", "--batch-sizes", "64,128,256", "--lr-grid", "1,2", "--repeats", "2"]) == 0
+    names = [p["name"] for p in json.loads((tmp_path / "s" / "sweep.json").read_text())["points"]]
+    assert names[:2] == ["b00064-lr1-s0", "b00256-lr1-s0"] and len(names) == 12 and len(set(names)) == 12
+    assert "#SBATCH --array=0-11" in (tmp_path / "s" / "sweep.sbatch").read_text()
+    capsys.readouterr()
+    # an adaptive point grows up to the largest batch size: one more size would change it
+    assert main([*common, tmp_path / "a", "--batch-sizes", "64,256", "--auto"]) == 0
+    assert main([*common, tmp_path / "a", "--batch-sizes", "64,256,512", "--auto"]) == 2
+    err = capsys.readouterr().err
+    assert "sweep.json point bauto-lr1-s0 args[" in err and '"train.batch_max=256" there' in err, err
+
+
 def test_the_first_difference_of_two_settings():
     from distnet.sweep.plan import first_difference
 

@@ -3,8 +3,9 @@
 Runs every point ([rank count x] batch size x learning-rate multiplier x seed) as its own ``distnet train``
 on its rank count (``--ranks 1,2,4``: each pair that divides) and writes ``DIR/results.csv``, ``DIR/report.md``
 and the figures. Run it again after an interruption: finished points are kept and an interrupted one resumes
-from its checkpoint. ``--slurm-array`` writes a job-array script instead of running; ``--report DIR``
-collects what has run.
+from its checkpoint; run it with more batch sizes, --lr-grid multipliers or --repeats (the rest the same)
+and the sweep grows: the new points are added and run, the old ones kept. ``--slurm-array`` writes a job-array
+script instead of running; ``--report DIR`` collects what has run.
 """
 
 import signal
@@ -23,7 +24,9 @@ def add_arguments(p):
     p.add_argument("config", nargs="?", metavar="CONFIG_OR_PRESET",
                    help=f"a TOML config file or a preset: {', '.join(C.preset_names())}")
     p.add_argument("--batch-sizes", metavar="B,B,...",
-                   help="global batch sizes, e.g. 64,256,1024, or a doubling run 32,64,...,8192")
+                   help="global batch sizes, e.g. 64,256,1024, or a doubling run 32,64,...,8192; to grow a "
+                        "sweep, run it again with more sizes (or more --lr-grid multipliers or --repeats) and "
+                        "the same other options: its points are kept and only the new ones run")
     p.add_argument("--target", metavar="METRIC=VALUE", help="accuracy=0.88 or loss=0.3: what a point must reach")
     p.add_argument("--split", choices=["val", "test"], default="val",
                    help="where the target is measured (default val: 10%% of train is held out if the config "
@@ -101,7 +104,7 @@ def _plan(args):
         cfg["log"][key] = ""
     cfg["checkpoint"].update(dir="", resume=False)
     folder = Path(args.out)
-    P.save(folder, plan, cfg)
+    plan = P.save(folder, plan, cfg)  # a sweep grown by more points: the old ones first, as they were
     return plan, folder
 
 

@@ -247,21 +247,61 @@ def point_args(plan, p, train_size, largest):
 
 
 def save(folder, plan, cfg):
-    """Write ``config.toml`` and ``sweep.json``; a folder holding another sweep is a user error (its points
-    would be mixed into this one's report)."""
+    """Write ``config.toml`` and ``sweep.json``; returns the plan to run. A folder holding this sweep continues
+    it; one holding it with fewer points (more --batch-sizes, --lr-grid multipliers or --repeats asked now)
+    grows into it (``_grown``); one holding another sweep is a user error (its points would be mixed into
+    this one's report)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     text, js = C.to_toml(cfg), plan.to_json()
     old_cfg, old_plan = folder / "config.toml", folder / "sweep.json"
     if old_plan.exists():
         old_js, old_text = old_plan.read_text(), old_cfg.read_text() if old_cfg.exists() else ""
-        if (old_js, old_text) != (js, text):
-            differs = _difference(old_js, js, old_text, text)
+        if (old_js, old_text) == (js, text):
+            return plan
+        grown, differs = _grown(old_js, plan) if old_text == text else (None, None)
+        if grown is None:
+            differs = differs or _difference(old_js, js, old_text, text)
             raise UserError(f"{folder} holds a sweep with other settings ({differs}): rerun it with the same "
-                            "options and config to continue it, or give another --out")
-        return
+                            "options and config to continue it (or with more batch sizes, multipliers or "
+                            "repeats to grow it), or give another --out")
+        _write(old_plan, grown.to_json())
+        return grown
     _write(old_cfg, text)
     _write(old_plan, js)
+    return plan
+
+
+def _grown(old_js, plan):
+    """(the sweep in ``old_js`` with the points of ``plan`` it lacks appended, None) when ``plan`` only adds
+    points: its other settings are the same and it holds every old point unchanged (by name). The old points
+    keep their indices (a Slurm array task's number, the order of results.csv) and folders, so what has run
+    is kept. (None, why) when an old point changed (an auto point's largest batch, say); (None, None) when
+    the settings differ or an old point is left out, which the caller words as any other difference."""
+    try:
+        old, new = json.loads(old_js), json.loads(plan.to_json())
+    except ValueError:
+        return None, None
+    if _settings(old) != _settings(new):
+        return None, None
+    asked = {p["name"]: p for p in new["points"]}
+    if not all(p.get("name") in asked for p in old["points"]):
+        return None, None
+    for p in old["points"]:
+        found = first_difference({**p, "index": 0}, {**asked[p["name"]], "index": 0})
+        if found:
+            key, was, now = found
+            return None, f"sweep.json point {p['name']} {key} is {was} there, {now} here"
+    have = {p["name"] for p in old["points"]}
+    added = [q for q in new["points"] if q["name"] not in have]
+    added = [{**q, "index": len(old["points"]) + i} for i, q in enumerate(added)]
+    return Plan.from_json(json.dumps({**new, "points": old["points"] + added})), None
+
+
+def _settings(d):
+    """A sweep.json's settings that a grown sweep keeps: all but its points and the notes on them (the pairs
+    of rank count and batch size left out, which more batch sizes change)."""
+    return {k: v for k, v in d.items() if k not in ("points", "notes")}
 
 
 def _difference(old_js, js, old_text, text):
