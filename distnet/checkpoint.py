@@ -58,14 +58,14 @@ class Damaged(UserError):
 
 
 class NotCheckpoint(Damaged):
-    """A file that is not HDF5 at all (a metrics file, a README given by mistake): telling the user to delete
-    it, as for a damaged checkpoint, would be wrong. A ``Damaged`` still, so that a ``ckpt-*.h5`` in a
-    checkpoint folder that is not HDF5 is passed over like any other unreadable one."""
+    """A file that is not HDF5 at all (a metrics file, a README given by mistake), or HDF5 without a model (a
+    dataset shard): telling the user to delete it, as for a damaged checkpoint, would be wrong. A ``Damaged``
+    still, so that a ``ckpt-*.h5`` in a checkpoint folder that is not one is passed over like any unreadable one."""
 
-    message = "{path} is not a checkpoint (not an HDF5 file): give a checkpoint file or a checkpoint folder"
+    message = "{path} is not a distnet checkpoint ({reason}): give a checkpoint file or a checkpoint folder"
 
-    def __init__(self, path):
-        super().__init__(path, "not an HDF5 file")
+    def __init__(self, path, reason="not an HDF5 file"):
+        super().__init__(path, reason)
 
 
 def checksum(arrays, attrs):
@@ -208,6 +208,8 @@ def read_verified(path):
         except (OSError, KeyError, ValueError, RuntimeError) as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise Damaged(path, f"unreadable: {first}") from None
+    if "model/params" not in arrays:  # HDF5, but another program's file or a dataset shard
+        raise NotCheckpoint(path, "an HDF5 file without model/params")
     stored = _from_attr(attrs[""].get(CHECKSUM, ""))
     if stored and checksum(arrays, attrs) != stored:
         raise Damaged(path, "its checksum does not match its contents")
@@ -264,6 +266,8 @@ def load_training(path, model, optimizer, contents=None):
 def read_meta(path):
     """The root attributes of a checkpoint (config text, position, dataset...)."""
     with _open(path) as f:
+        if "model/params" not in f:  # HDF5, but another program's file or a dataset shard
+            raise NotCheckpoint(path, "an HDF5 file without model/params")
         return {k: _from_attr(v) for k, v in f.attrs.items()}
 
 

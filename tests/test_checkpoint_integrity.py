@@ -78,7 +78,7 @@ def test_a_checkpoint_from_before_checksums_is_still_read(tmp_path):
 def test_a_file_that_is_not_hdf5_is_not_a_damaged_checkpoint(tmp_path):
     metrics = tmp_path / "mlp.jsonl"
     metrics.write_text('{"event": "start", "step": 0}\n')
-    with pytest.raises(ckpt.NotCheckpoint, match=r"mlp.jsonl is not a checkpoint \(not an HDF5 file\): give a "
+    with pytest.raises(ckpt.NotCheckpoint, match=r"mlp.jsonl is not a distnet checkpoint \(not an HDF5 file\): give a "
                                                  "checkpoint file or a checkpoint folder"):
         ckpt.read_verified(metrics)
     with pytest.raises(ckpt.NotCheckpoint):
@@ -98,8 +98,12 @@ def test_every_command_that_loads_a_checkpoint_says_not_a_checkpoint(tmp_path, s
         r = run_distnet([*command, "--data", spirals_data], timeout=60)
         errors = [line for line in r.stderr.splitlines() if line.startswith("distnet: error:")]
         assert r.returncode == 2 and len(errors) == 1, r.stderr
-        assert errors[0] == (f"distnet: error: {command[-1]} is not a checkpoint (not an HDF5 file): give a "
-                             "checkpoint file or a checkpoint folder"), r.stderr
+        assert errors[0] == (f"distnet: error: {command[-1]} is not a distnet checkpoint (not an HDF5 file): give "
+                             "a checkpoint file or a checkpoint folder"), r.stderr
+    shard = next((spirals_data / "train").glob("*.h5"))  # HDF5, but a dataset's shard
+    r = run_distnet(["eval", shard, "--data", spirals_data], timeout=60)
+    assert r.returncode == 2 and f"{shard} is not a distnet checkpoint (an HDF5 file without model/params)" \
+        in r.stderr and "Traceback" not in r.stderr, r.stderr
     truncated = write(tmp_path, 1)
     truncate(truncated)
     r = run_distnet(["eval", truncated, "--data", spirals_data], timeout=60)
