@@ -111,8 +111,19 @@ def unrecognized(parser, extra):
     return f"{parser.prog} does not take {extra[0]!r} here: see {parser.prog} --help"
 
 
+def check_command(argv):
+    """A mistyped command (``distnet trian``) names the closest one instead of argparse's list of choices."""
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    if chosen is not None and chosen not in COMMANDS:
+        close = difflib.get_close_matches(chosen, COMMANDS, n=1, cutoff=0.6)
+        fix = f"did you mean {close[0]}?" if close else f"the commands are {', '.join(COMMANDS)}"
+        raise UserError(f"distnet has no command {chosen!r}: {fix}")
+
+
 def parse(argv):
-    """The parsed ARGV; a UserError (one line) for a misspelled option, a stray argument or ``--set K V``."""
+    """The parsed ARGV; a UserError (one line) for a misspelled command or option, a stray argument or
+    ``--set K V``."""
+    check_command(argv)
     check_sets(argv)
     parser = build_parser(argv)
     args, extra = parser.parse_known_args(argv)

@@ -138,15 +138,25 @@ def _type_name(types):
     return " or ".join(dict.fromkeys(names[t] for t in types))
 
 
+def _did_you_mean(name, names):
+    """" (did you mean X?)" for the closest of ``names`` to a mistyped ``name``, else ""."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(names), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
 def _check(section, key, value):
     if section not in SCHEMA:
-        raise ConfigError(f"unknown config section [{section}]: valid sections are {', '.join(SCHEMA)}")
+        raise ConfigError(f"unknown config section [{section}]{_did_you_mean(section, SCHEMA)}: valid sections "
+                          f"are {', '.join(SCHEMA)}")
     if key not in SCHEMA[section]:
         if section in OPEN_SECTIONS:
             return value
-        hint = " (extends goes at the top of the file, before any [section])" if key == "extends" else ""
-        raise ConfigError(f"unknown config key {section}.{key}: valid keys in [{section}] are "
-                          f"{', '.join(SCHEMA[section])}{hint}")
+        hint = " (extends goes at the top of the file, before any [section])" if key == "extends" else \
+            _did_you_mean(key, SCHEMA[section])
+        raise ConfigError(f"unknown config key {section}.{key}{hint}: valid keys in [{section}] are "
+                          f"{', '.join(SCHEMA[section])}")
     types, _ = SCHEMA[section][key]
     types = types if isinstance(types, tuple) else (types,)
     ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
@@ -172,8 +182,8 @@ def merge(cfg, overrides, source):
         raise ConfigError(f"{source}: the top level must be a table of sections")
     for section, table in overrides.items():
         if section not in SCHEMA:
-            raise ConfigError(f"{source}: unknown config section [{section}]: valid sections are "
-                              f"{', '.join(SCHEMA)}")
+            raise ConfigError(f"{source}: unknown config section [{section}]{_did_you_mean(section, SCHEMA)}: "
+                              f"valid sections are {', '.join(SCHEMA)}")
         if not isinstance(table, dict):
             raise ConfigError(f"{source}: [{section}] must be a table")
         if section in OPEN_SECTIONS and "name" in table:
