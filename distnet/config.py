@@ -1,7 +1,7 @@
 """Training configs: TOML files (or presets shipped in the package), validated against one schema.
 
 Every key has a type and a default; an unknown key or a wrong type is a ConfigError naming the key.
-The README's "Configs" section documents the same table. A config is resolved in layers, each merged over
+docs/guide/training.md ("Configs") documents the same table. A config is resolved in layers, each merged over
 the one before: the defaults, the file a config ``extends`` (a preset or a path relative to it, itself
 resolved the same way), the config's own tables, then ``--set`` overrides (see ``merge`` for the rules).
 ``distnet.build`` turns a resolved config into objects.

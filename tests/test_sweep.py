@@ -334,7 +334,7 @@ def test_ctrl_c_or_sigterm_ends_the_running_point_and_leaves_nothing_behind(tmp_
         time.sleep(0.2)
     proc.send_signal(getattr(signal, sig))
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 3, err  # stopped by a signal, as a training run (README, "Failures")
+    assert proc.returncode == 3, err  # stopped by a signal, as a training run (docs/guide/checkpoints.md)
     by = "Ctrl-C" if sig == "SIGINT" else "SIGTERM"
     assert f"distnet sweep: interrupted ({by}); run the same command again to continue" in err, err
 

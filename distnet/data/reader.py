@@ -45,7 +45,7 @@ class BatchReader:
         self.mode = choose_mode(split, mode, memory_budget_bytes)
         # "auto": read ahead only when streaming (file reads release the GIL and hide I/O latency). In memory
         # a batch is a short gather and convert, and a reader thread sharing the rank's core costs more in
-        # GIL hand-offs than it saves (README, "Benchmarks").
+        # GIL hand-offs than it saves (docs/benchmarks.md).
         if prefetch == "auto":
             prefetch = 2 if self.mode == "stream" else 0
         if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:

@@ -81,7 +81,7 @@ class Layer:
     def hold(self, name, a):
         """Return ``a`` and keep a reference to it until this layer's next call. Freeing a step's arrays only once
         their replacements exist lets malloc reuse their memory; freed at the end of a step, glibc hands it back
-        to the OS and the next step page-faults it in again (a fifth of a CNN step, measured: README "Benchmarks")."""
+        to the OS and the next step page-faults it in again (a fifth of a CNN step, measured: docs/benchmarks.md)."""
         setattr(self, "_held_" + name, a)
         return a
 

@@ -118,7 +118,7 @@ def _on_term(signum, frame):
 
 def _stopped(by, what):
     """The line and exit code of a sweep (or one of its points) stopped by a signal: 3, as a training run
-    stopped by a signal (README, "Failures"): not finished, and resumed by running the same command again."""
+    stopped by a signal (docs/guide/checkpoints.md): not finished, and resumed by running the same command again."""
     print(f"distnet sweep: interrupted ({by}); run the same command again to continue ({what})", file=sys.stderr)
     return EXIT_STOPPED
 

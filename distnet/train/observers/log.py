@@ -1,4 +1,4 @@
-"""What rank 0 tells the user: metrics JSON lines (the contract in the README) and the progress display.
+"""What rank 0 tells the user: metrics JSON lines (the contract in docs/design.md) and the progress display.
 
 Epochs are counted from 1 everywhere a user reads them (console, metrics, messages).
 """
