@@ -166,11 +166,9 @@ class StepModel:
         self.phase_ms = {p: [float(v) for v in c["phases_ms"][p]] for p in PHASES}
         self.params = int(cal["model"]["params"])
         self.grad_bytes = int(cal["model"].get("grad_bytes") or 4 * self.params)
-        self.itemsize = self.grad_bytes / self.params
         self.ms_per_param = float(cal["optimizer"]["ms_per_param"])
         s = cal.get("sync") or {}
         self.cal_strategy = s.get("strategy") or "bucketed"
-        self.hidden = float(s["hidden_fraction"]) if s.get("hidden_fraction") is not None else None
         self.comm_cal = [float(v) for v in c["phases_ms"].get("comm") or []]
         self.extra_ms, self.extra_ms_per_param = s.get("extra_ms"), s.get("extra_ms_per_param")
         m = cal.get("machine") or {}

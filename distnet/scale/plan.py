@@ -261,8 +261,8 @@ def print_plan(out, with_sweep, file=None):
         if with_sweep:
             line += f" {r['steps']:>8,.0f} {_t(r['time_s']):>9} {r['node_hours']:>9.3g}"
         say(line)
-    say("(ms per step; comm: the collectives' time, exposed: what backward does not hide; eff: against one rank "
-        "at the same global batch)")
+    say("(ms per step; comm: the collectives' time; exposed: the wait at the step's end, what backward does not "
+        "hide and waiting for slower ranks, as calibrated; eff: against one rank at the same global batch)")
     for n in out["notes"]:
         say(f"note: {n}")
     if with_sweep:
