@@ -305,3 +305,15 @@ def test_plan_refuses_a_sweep_it_cannot_fit(mlp_cal, tmp_path, capsys):
     assert main(["plan", "fashion-mlp", "--calibration", str(mlp_cal), "--sweep", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not a sweep folder" in err[0]
+
+
+def test_plan_json_is_json_when_the_critical_batch_is_infinite(mlp_cal, tmp_path, capsys):
+    """Perfect scaling over every batch fitted gives B_crit = inf, which JSON cannot hold: it is null."""
+    sweep = _sweep(tmp_path / "sw", [1600, 400, 100])  # steps x batch the same: perfect scaling
+    assert main(["plan", "fashion-mlp", "--calibration", str(mlp_cal), "--sweep", str(sweep), "--nodes", "1,2",
+                 "--json"]) == 0
+    def no_constants(name):
+        raise AssertionError(f"not JSON: {name}")
+
+    out = json.loads(capsys.readouterr().out, parse_constant=no_constants)  # Python would take Infinity
+    assert out["fit"]["b_crit"] is None and out["fit"]["s_min"] == 0

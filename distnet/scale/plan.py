@@ -216,16 +216,21 @@ def run(args):
 
         out["figure"] = str(draw(out, args.out))
     if args.json:
-        print(json.dumps(out, default=_json))
+        print(json.dumps(_finite(out), allow_nan=False))
     else:
         print_plan(out, steps is not None)
     return 0
 
 
-def _json(v):
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    raise TypeError(type(v))
+def _finite(v):
+    """``v`` with every non-finite float as None (B_crit is infinite under perfect scaling): JSON has no inf."""
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_finite(x) for x in v]
+    return v
 
 
 def _t(seconds):
