@@ -75,13 +75,9 @@ def threads_per_rank(local_ranks):
 
 def configure(world):
     """Set this rank's BLAS threads: the user's *_NUM_THREADS when set, else its share of its host's cores,
-    counting the ranks on the same host by name (collective: every rank calls it). Returns the count."""
-    import socket
-
-    from .comm import hosts
-
-    local_ranks = len(hosts(world)[socket.gethostname()])
-    threads = user_threads() or threads_per_rank(local_ranks)
+    counting the ranks on the same host by name (``world.local_size``, known since the world started; no
+    collective). Returns the count."""
+    threads = user_threads() or threads_per_rank(world.local_size)
     set_blas_threads(threads)
     return threads
 

@@ -112,10 +112,12 @@ def loss(cfg):
     return losses.get(cfg["train"]["loss"])
 
 
+# The keys of [optimizer] and [schedule] that the trainer reads itself and does not pass to the factory.
+TRAINER_KEYS = {"optimizer": ("name", "lr", "lr_scaling", "base_batch"), "schedule": ()}
+
+
 def factory_kwargs(cfg, section):
     """The keys of ``[optimizer]`` or ``[schedule]`` that go to its factory (not those the trainer reads)."""
-    from .config import TRAINER_KEYS
-
     return {k: v for k, v in cfg[section].items() if k not in TRAINER_KEYS[section]}
 
 

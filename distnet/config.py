@@ -102,7 +102,6 @@ SCHEMA = {
 
 
 OPEN_SECTIONS = ("optimizer", "schedule")
-TRAINER_KEYS = {"optimizer": ("name", "lr", "lr_scaling", "base_batch"), "schedule": ()}
 
 
 PROGRESS = ("auto", "bar", "lines", "none")

@@ -7,7 +7,9 @@ from pathlib import Path
 
 from ..plot import pyplot, save
 from . import collect
-from .report import FIGURES
+
+FIGURES = {"steps": "steps_to_target.png", "samples": "samples_to_target.png", "accuracy": "accuracy_gap.png",
+           "curves": "curves.png", "scaling": "scaling.png", "time": "time_to_target.png"}
 
 
 def draw(plan, folder, rows, per_batch, f, noise, scale=()):

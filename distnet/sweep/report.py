@@ -8,14 +8,13 @@ from pathlib import Path
 
 from . import collect
 from . import fit as F
+from .figures import FIGURES
 
 COLUMNS = ["point", "ranks", "batch", "auto", "final_batch", "lr_mult", "lr", "seed", "status", "best_lr",
            "steps_to_target", "samples_to_target", "epochs_to_target", "wall_s_to_target", "steps_run", "epochs_run",
            "best_val_accuracy", "best_test_accuracy", "final_train_accuracy", "final_test_accuracy",
            "generalization_gap", "noise_scale_mean", "noise_scale_at_target", "noise_biased", "samples_per_s",
            "strong_efficiency", "weak_efficiency", "wall_s"]
-FIGURES = {"steps": "steps_to_target.png", "samples": "samples_to_target.png", "accuracy": "accuracy_gap.png",
-           "curves": "curves.png", "scaling": "scaling.png", "time": "time_to_target.png"}
 
 
 def _mean(values):
