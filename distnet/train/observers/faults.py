@@ -1,7 +1,9 @@
 """Fault injection for testing failure handling: ``DISTNET_FAULT=KIND@RANK:STEP``.
 
 KIND is ``raise`` (an exception on that rank), ``nan`` (non-finite inputs, hence loss, on that rank),
-``crash`` (the process dies without a word, as if killed), ``sleep`` (the rank pauses before that step, as a
+``crash`` (the process dies without a word, as if killed), ``stop`` (the process stops itself with SIGSTOP
+before that step, as a rank hung in a C call: the others wait for it in the step, and a test must SIGKILL it
+afterwards), ``sleep`` (the rank pauses before that step, as a
 slow node would: the others wait for it in the step) or ``slow-save`` (after that step every rank goes off
 the clock, the rank pauses, and all meet in a barrier: what ``Checkpoints.save`` does when rank 0 writes to a
 slow file system). A pause lasts ``DISTNET_FAULT_SLEEP_S`` seconds (3), or until the process is sent a stop
@@ -11,6 +13,7 @@ the variable is unset. Under ``distnet run`` a fault fires on the first attempt 
 """
 
 import os
+import signal
 import time
 
 import numpy as np
@@ -19,7 +22,7 @@ from ...errors import ConfigError
 from .base import Observer
 from .signals import received
 
-KINDS = ("raise", "nan", "crash", "sleep", "slow-save")
+KINDS = ("raise", "nan", "crash", "stop", "sleep", "slow-save")
 
 
 def pause():
@@ -55,6 +58,8 @@ class FaultInjector(Observer):
             raise RuntimeError(f"injected fault at step {self.step}")
         if self.kind == "crash":
             os._exit(9)
+        if self.kind == "stop":
+            os.kill(os.getpid(), signal.SIGSTOP)
         if self.kind == "sleep":
             pause()
         if self.kind == "nan":
