@@ -2,12 +2,12 @@
 
 Each kind has one registry, owned by its package; this module only reads a config's keys into them:
 
-- layer types: ``distnet.layers.LAYER_TYPES`` (type name -> class), filled by ``@register("name")`` beside each
+- layer types: ``distnet.nn.layers.LAYER_TYPES`` (type name -> class), filled by ``@register("name")`` beside each
   class; a layer's config keys are its constructor's arguments
-- losses: ``distnet.losses.LOSSES``
-- optimizers: ``distnet.optim.OPTIMIZERS`` (keys: ``optim.optimizer_keys``)
-- schedules: ``distnet.schedules.SCHEDULES`` (keys: ``schedules.schedule_keys``)
-- initializers: ``distnet.init.INITIALIZERS`` (and ``ALIASES``), named by a layer's ``init`` key
+- losses: ``distnet.nn.losses.LOSSES``
+- optimizers: ``distnet.nn.optim.OPTIMIZERS`` (keys: ``optim.optimizer_keys``)
+- schedules: ``distnet.nn.schedules.SCHEDULES`` (keys: ``schedules.schedule_keys``)
+- initializers: ``distnet.nn.init.INITIALIZERS`` (and ``ALIASES``), named by a layer's ``init`` key
 
 Errors about a layer name its index and what it is, e.g. ``layer 4, Dense(?, 0): ...`` (``?``: a size still
 to be inferred from the input).
@@ -43,7 +43,7 @@ def describe(spec, cls=None):
 
 def _layer(i, spec, default_init):
     """(description, layer object) of the ``i``-th ``[[model.layers]]`` table."""
-    from .layers import LAYER_TYPES
+    from .nn.layers import LAYER_TYPES
 
     if not isinstance(spec, dict) or "type" not in spec:
         raise ConfigError(f"layer {i}: model.layers[{i}] must be a table with a 'type' key, e.g. type = \"dense\", "
@@ -83,7 +83,7 @@ def layers(specs, default_init=""):
 
 def model(cfg, input_shape):
     """The Sequential model of a config, built for the per-sample ``input_shape`` from ``train.seed``."""
-    from .model import Sequential
+    from .nn.model import Sequential
 
     input_shape = tuple(input_shape)
     specs, default_init = cfg["model"]["layers"], cfg["model"]["init"]
@@ -107,7 +107,7 @@ def model(cfg, input_shape):
 
 def loss(cfg):
     """The loss ``train.loss`` names."""
-    from . import losses
+    from .nn import losses
 
     return losses.get(cfg["train"]["loss"])
 
@@ -125,7 +125,7 @@ def optimizer(cfg, model, lr, sync=None):
     """The optimizer ``[optimizer]`` configures, over ``model``'s parameter arena, starting at learning rate ``lr``
     (``optimizer.lr`` after batch-size scaling); weight decay only where ``model.decay_mask`` is True. With a
     gradient-sync strategy ``sync``, over what that strategy says this rank updates (its shard under ZeRO)."""
-    from .optim import make_optimizer
+    from .nn.optim import make_optimizer
 
     def make(params, grads, decay_mask):
         return make_optimizer(cfg["optimizer"]["name"], params, grads, decay_mask=decay_mask, lr=lr,
@@ -136,6 +136,6 @@ def optimizer(cfg, model, lr, sync=None):
 
 def schedule(cfg, lr0, total_steps):
     """The learning-rate schedule ``[schedule]`` configures, from ``lr0`` over ``total_steps`` optimizer steps."""
-    from .schedules import make_schedule
+    from .nn.schedules import make_schedule
 
     return make_schedule(cfg["schedule"], lr0, total_steps)

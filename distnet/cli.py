@@ -11,10 +11,10 @@ from .errors import UserError
 # name -> (module, help). Each module defines add_arguments(parser) and run(args) -> exit code.
 COMMANDS = {
     "train": ("distnet.train.cli", "train a model (same command under mpiexec/mpirun/srun)"),
-    "eval": ("distnet.train.evalcli", "evaluate a checkpoint on a dataset"),
+    "eval": ("distnet.evaluate.cli", "evaluate a checkpoint on a dataset"),
     "data": ("distnet.data.commands", "prepare and inspect datasets"),
     "bench": ("distnet.bench", "benchmarks: step, compute, allreduce, train, data"),
-    "noise": ("distnet.train.noisecli", "how a minibatch gradient's error falls with the batch size (sigma/sqrt(m))"),
+    "noise": ("distnet.evaluate.noise", "how a minibatch gradient's error falls with the batch size (sigma/sqrt(m))"),
     "sweep": ("distnet.sweep.cli", "batch-size scaling sweeps: steps to a target, the critical batch size"),
     "plot": ("distnet.plot.cli", "figures (PNG): learning curves of runs, decision regions"),
     "run": ("distnet.supervise", "start a training job and restart it from its checkpoint when it fails"),

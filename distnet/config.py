@@ -57,8 +57,8 @@ SCHEMA = {
         "noise_every": (int, 4),        # measure the gradient noise scale every this many steps (0 = off)
         "noise_decay": (NUM, 0.95),     # its moving averages' decay per measured step (~80 steps at every 4)
     },
-    # [optimizer] and [schedule] take the keys of the optimizer or schedule they name (see distnet.optim
-    # and distnet.schedules); their factories check them. These are the keys the trainer itself reads:
+    # [optimizer] and [schedule] take the keys of the optimizer or schedule they name (see distnet.nn.optim
+    # and distnet.nn.schedules); their factories check them. These are the keys the trainer itself reads:
     "optimizer": {
         "name": (str, "sgd"),
         "lr": (NUM, 0.01),
@@ -109,8 +109,8 @@ PROGRESS = ("auto", "bar", "lines", "none")
 
 def _factory_keys(section, name):
     """The keys optimizer or schedule ``name`` takes from its table, or None for an unknown name."""
-    from .optim import optimizer_keys
-    from .schedules import WARMUP_KEYS, schedule_keys
+    from .nn.optim import optimizer_keys
+    from .nn.schedules import WARMUP_KEYS, schedule_keys
 
     try:
         return set(optimizer_keys(name)) if section == "optimizer" else {*schedule_keys(name), *WARMUP_KEYS}
@@ -341,7 +341,7 @@ def validate(cfg, label="config"):
     parse_target(cfg["train"]["target"], "config key train.target")
     if not 0 <= cfg["data"]["val_fraction"] < 1:
         raise ConfigError(f"config key data.val_fraction must be in [0, 1), got {cfg['data']['val_fraction']}")
-    from .losses import LOSSES
+    from .nn.losses import LOSSES
 
     choices = {("data", "reader"): ("auto", "memory", "stream"), ("train", "nonfinite"): ("stop", "skip"),
                ("model", "dtype"): ("float32", "float64"), ("optimizer", "lr_scaling"): ("none", "linear", "sqrt"),
@@ -369,7 +369,7 @@ def validate(cfg, label="config"):
     import numpy as np
 
     from . import build
-    from .optim import make_optimizer
+    from .nn.optim import make_optimizer
 
     build.layers(cfg["model"]["layers"], cfg["model"]["init"])
     dummy = np.zeros(1)

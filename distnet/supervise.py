@@ -98,7 +98,7 @@ class Supervisor:
 
     def restart_line(self, attempt, reason, ranks, path):
         """The restart as a metrics line (appended to the job's metrics file) and a line on stderr."""
-        from .train.metrics import MetricsWriter
+        from .metrics import MetricsWriter
 
         step = int(path.stem.split("-")[-1]) if path else 0  # ckpt-<global step>.h5
         where = f"from {path} (step {step})" if path else "from the start (no checkpoint yet)"

@@ -91,8 +91,8 @@ def distnet_rates(preset, data, procs, batch, warmup, steps, repeats, workdir, s
 
 def segment_rates(records, batch, warmup, steps):
     """samples/s per timed segment of STEPS steps after WARMUP, from distnet's metric windows that count
-    (distnet.train.metrics.train_windows: no start-up, no epoch end)."""
-    from distnet.train.metrics import train_windows
+    (distnet.metrics.train_windows: no start-up, no epoch end)."""
+    from distnet.metrics import train_windows
 
     seconds, counted = {}, {}
     for start, n, secs in train_windows(records, warmup, batch):

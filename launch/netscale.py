@@ -263,7 +263,7 @@ def distnet_two_hosts(cluster, preset, data, batch, warmup, steps, repeats, work
         raise RuntimeError(f"distnet gave {len(rates)} timed segments, not {repeats}")
     summary = next(rec for rec in records if rec["event"] == "summary")
     # rank 0's phases over the timed windows (the train line that closes each counted window)
-    from distnet.train.metrics import train_windows
+    from distnet.metrics import train_windows
 
     by_step = {rec["step"]: rec for rec in records if rec["event"] == "train"}
     phases, n_all = {}, 0

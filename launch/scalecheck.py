@@ -116,7 +116,7 @@ def time_to_target(cluster, cal_path, sweep, batches, data, workdir):
         t = time.perf_counter()
         cluster.run(2, sys.executable, "-m", "distnet", *args, "--set", 'comm.sync="bucketed"')
         from distnet import config as C
-        from distnet.train.metrics import elapsed, read_records
+        from distnet.metrics import elapsed, read_records
 
         records, segments = read_records(metrics)
         target = C.parse_target(plan.target)

@@ -6,12 +6,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from distnet import build, init, losses, optim, schedules
+from distnet import build
 from distnet import config as C
 from distnet.errors import ConfigError, UserError
-from distnet.layers import LAYER_TYPES, AvgPool2D, Conv2D, ConvTranspose2D, Dense, MaxPool2D
+from distnet.nn import init, losses, optim, schedules
+from distnet.nn.layers import LAYER_TYPES, AvgPool2D, Conv2D, ConvTranspose2D, Dense, MaxPool2D
 
-from .conftest import run_distnet
+from .helpers import run_distnet
 
 PRESETS = C.preset_names()
 

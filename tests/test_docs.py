@@ -11,7 +11,7 @@ import pytest
 from distnet import config as C
 from distnet.cli import COMMANDS, build_parser
 
-from .conftest import ROOT
+from .helpers import ROOT
 
 
 def doc_files():

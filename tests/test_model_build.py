@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from distnet.errors import ConfigError
-from distnet.layers import BatchNorm, Conv2D, Dense, Dropout, Flatten, ReLU, Sigmoid
-from distnet.model import Sequential
+from distnet.nn.layers import BatchNorm, Conv2D, Dense, Dropout, Flatten, ReLU, Sigmoid
+from distnet.nn.model import Sequential
 
 
 def lecture_layers():

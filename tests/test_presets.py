@@ -4,7 +4,7 @@ import numpy as np
 
 from distnet import build
 from distnet import config as C
-from distnet.layers import AvgPool2D, Conv2D, Dense, Tanh
+from distnet.nn.layers import AvgPool2D, Conv2D, Dense, Tanh
 
 
 def shapes(model, input_shape):

@@ -25,9 +25,9 @@ import numpy as np
 
 from .. import comm
 from ..blas import set_blas_threads
-from ..layers import Conv2D, Dense
-from ..losses import SoftmaxCrossEntropy
-from ..model import Sequential
+from ..nn.layers import Conv2D, Dense
+from ..nn.losses import SoftmaxCrossEntropy
+from ..nn.model import Sequential
 from .peak import matmul_seconds, sgemm_peak
 from .step import cnn, mlp
 

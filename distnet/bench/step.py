@@ -21,10 +21,10 @@ import time
 import numpy as np
 
 from ..blas import set_blas_threads
-from ..layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
-from ..losses import SoftmaxCrossEntropy
-from ..model import Sequential
-from ..optim import Adam
+from ..nn.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
+from ..nn.losses import SoftmaxCrossEntropy
+from ..nn.model import Sequential
+from ..nn.optim import Adam
 
 
 def add_arguments(parser):

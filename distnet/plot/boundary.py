@@ -21,7 +21,7 @@ def load(args):
     from .. import build
     from ..config import data_path
     from ..data import open_dataset
-    from ..train.evalcli import load_member, resolve
+    from ..evaluate.cli import load_member, resolve
 
     path = resolve(args.boundary)
     cfg, meta = load_member(path)
@@ -40,7 +40,7 @@ def load(args):
 
 def scores(model, loss, reader, points):
     """Class scores of stored 2-D POINTS (n, 2), a few thousand at a time."""
-    from ..train.assess import class_scores
+    from ..evaluate.assess import class_scores
 
     return np.concatenate([class_scores(loss, model.forward(reader.convert(points[i:i + 4096]), training=False))
                            for i in range(0, len(points), 4096)])

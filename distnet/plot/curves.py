@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 
 from ..errors import UserError
-from ..train.metrics import elapsed, read_records
+from ..metrics import elapsed, read_records
 from . import pyplot, save
 
 XLABEL = {"steps": "step", "samples": "training samples", "time": "running time, s"}

@@ -1,6 +1,6 @@
 """The pictures of ``distnet eval --figures DIR``: the confusion matrix as a heat map with the class names, the
 reject option's error-vs-rejection curve, and a grid of misclassified images with true and predicted labels.
-Each takes the report of ``distnet.train.assess.report`` (as printed by ``distnet eval --json``)."""
+Each takes the report of ``distnet.evaluate.assess.report`` (as printed by ``distnet eval --json``)."""
 
 from pathlib import Path
 

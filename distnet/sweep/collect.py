@@ -4,7 +4,7 @@ import math
 from pathlib import Path
 
 from .. import config as C
-from ..train.metrics import elapsed, read_records, train_windows
+from ..metrics import elapsed, read_records, train_windows
 
 
 def read_metrics(path):

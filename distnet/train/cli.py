@@ -72,8 +72,8 @@ def resolve(args):
 
 
 def run(args):
+    from ..metrics import progress_mode
     from .loop import train
-    from .metrics import progress_mode
 
     w = comm.world()
     try:

@@ -16,8 +16,8 @@ from .. import build, comm, outputs
 from .. import checkpoint as ckpt
 from .. import config as C
 from ..errors import ConfigError, UserError
-from ..layers import Layer
-from ..schedules import scale_lr
+from ..nn.layers import Layer
+from ..nn.schedules import scale_lr
 from .noise import NoiseScale
 
 

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..comm import Stop
-from ..draws import Draws
-from ..optim import clip_grad_norm
+from ..nn.draws import Draws
+from ..nn.optim import clip_grad_norm
 
 
 @dataclass

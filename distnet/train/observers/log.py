@@ -5,7 +5,7 @@ Epochs are counted from 1 everywhere a user reads them (console, metrics, messag
 
 import time
 
-from ..metrics import MetricsWriter, Progress
+from ...metrics import MetricsWriter, Progress
 from .base import Observer
 
 
