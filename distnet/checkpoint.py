@@ -263,6 +263,18 @@ def load_training(path, model, optimizer, contents=None):
     return {k: _from_attr(v) for k, v in attrs[""].items()}
 
 
+def meta_of(contents):
+    """The root attributes of ``read_verified`` contents, decoded as ``read_meta`` gives them."""
+    return {k: _from_attr(v) for k, v in contents[1][""].items()}
+
+
+def save_model(path, model):
+    """Write a model's parameters (and buffers) to an HDF5 file, atomically: what ``load_model`` and
+    ``read_model_arrays`` read (no optimizer, no config)."""
+    write_h5_atomic(path, {"model/" + k: v for k, v in model.state_arrays().items()},
+                    attrs={"num_params": model.num_params, "dtype": str(model.dtype)})
+
+
 def read_meta(path):
     """The root attributes of a checkpoint (config text, position, dataset...)."""
     with _open(path) as f:

@@ -7,11 +7,10 @@ import sys
 
 import numpy as np
 
-from .. import build, comm
-from .. import checkpoint as ckpt
-from .. import config as C
+from .. import comm
 from ..errors import UserError
 from . import assess
+from .trained import load_trained
 
 
 def add_arguments(p):
@@ -33,56 +32,19 @@ def add_arguments(p):
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
-def resolve(path, skipped=None):
-    """The checkpoint file for PATH: the file itself, or the newest valid checkpoint in a folder (damaged
-    newer ones passed over are appended to SKIPPED as (path, reason, the file chosen))."""
-    from pathlib import Path
-
-    if Path(path).is_dir():
-        newest, passed = ckpt.latest_valid(path)
-        if newest is None:
-            what = "only damaged checkpoints" if passed else "no ckpt-*.h5"
-            raise UserError(f"checkpoint folder {path} holds {what}: pass a folder that "
-                            "distnet train --checkpoint-dir wrote, or a checkpoint file")
-        if skipped is not None:
-            skipped.extend((bad, reason, str(newest)) for bad, reason in passed)
-        return str(newest)
-    return str(path)
-
-
-def load_member(path):
-    """(config, meta) of a checkpoint file."""
-    meta = ckpt.read_meta(path)
-    if "config" not in meta:
-        raise UserError(f"{path} holds no training config: evaluate a checkpoint from distnet train")
-    return C.merge(C.defaults(), C.parse_toml(meta["config"], path), path), meta
-
-
 def load_checkpoints(args):
     """Models, losses and the split for the checkpoints of ARGS (no collectives: any rank may fail here)."""
     from ..data import open_dataset
 
-    args.skipped = []
-    paths = [resolve(p, args.skipped) for p in ([args.checkpoint] if args.checkpoint else []) + args.ensemble]
-    members = [(p, *load_member(p)) for p in paths]
-    data_dir = args.data or C.data_path(members[0][1])
+    members = [load_trained(p, "evaluate") for p in ([args.checkpoint] if args.checkpoint else []) + args.ensemble]
+    args.skipped = [line for m in members for line in m.warnings()]
+    data_dir = args.data or members[0].data_path()
     ds = open_dataset(data_dir)
     if args.split not in ds.splits:
         raise UserError(f"{data_dir} has no split {args.split!r}: choose one of {', '.join(ds.splits)}")
-    models, losses = [], []
-    for path, cfg, meta in members:
-        if tuple(ds.input_shape) != tuple(meta.get("input_shape", ds.input_shape)):
-            raise UserError(f"{data_dir} has inputs of shape {tuple(ds.input_shape)} but {path} was "
-                            f"trained on {tuple(meta['input_shape'])}: pass the dataset it was trained on")
-        model = build.model(cfg, ds.input_shape)
-        model.load(path)
-        outputs = int(np.prod(model.output_shape))
-        if outputs != ds.num_classes and not (outputs == 1 and ds.num_classes == 2):
-            raise UserError(f"{path} has {outputs} outputs but {data_dir} has {ds.num_classes} classes: "
-                            "pass the dataset it was trained on")
-        models.append(model)
-        losses.append(build.loss(cfg))
-    return paths, models, losses, ds[args.split]
+    for m in members:
+        m.check_data(ds, data_dir)
+    return [m.path for m in members], [m.model for m in members], [m.loss for m in members], ds[args.split]
 
 
 def check_args(args):
@@ -124,8 +86,8 @@ def run(args):
         with comm.agreed(w):  # any rank may fail to load alone
             check_args(args)
             paths, models, losses, split = load_checkpoints(args)
-        for bad, reason, chosen in args.skipped if w.rank == 0 else []:
-            print(ckpt.skipped_line(bad, reason, chosen), file=sys.stderr, flush=True)
+        for line in args.skipped if w.rank == 0 else []:
+            print(line, file=sys.stderr, flush=True)
         margins = np.union1d(assess.MARGINS, [] if args.reject is None else [args.reject])
         totals = evaluate(w, models, losses, split, args, margins)
         out.update(assess.report(totals, split.class_names, args.top_k, args.reject, margins))

@@ -17,10 +17,9 @@ import sys
 
 import numpy as np
 
-from .. import build, comm
-from .. import checkpoint as ckpt
-from .. import config as C
+from .. import comm
 from ..errors import UserError
+from .trained import load_trained
 
 DEFAULT_SIZES = "8,16,...,4096"
 
@@ -67,36 +66,22 @@ def parse_sizes(text):
 
 def load(args):
     """Model, loss and the run's training split for the checkpoint (no collectives: any rank may fail)."""
-    from pathlib import Path
-
     from ..data import holdout, open_dataset
 
-    path = args.checkpoint
-    if Path(path).is_dir():
-        newest = ckpt.latest(path)
-        if newest is None:
-            raise UserError(f"checkpoint folder {path} holds no ckpt-*.h5: pass a folder that distnet train "
-                            "--checkpoint-dir wrote, or a checkpoint file")
-        path = args.checkpoint = str(newest)
-    meta = ckpt.read_meta(path)
-    if "config" not in meta:
-        raise UserError(f"{path} holds no training config: measure a checkpoint from distnet train")
-    cfg = C.merge(C.defaults(), C.parse_toml(meta["config"], path), path)
-    data_dir = args.data or C.data_path(cfg)
+    trained = load_trained(args.checkpoint, "measure")
+    args.checkpoint, args.skipped = trained.path, trained.warnings()
+    cfg, model = trained.config, trained.model
+    data_dir = args.data or trained.data_path()
     ds = open_dataset(data_dir)
-    if tuple(ds.input_shape) != tuple(meta.get("input_shape", ds.input_shape)):
-        raise UserError(f"{data_dir} has inputs of shape {tuple(ds.input_shape)} but {path} was trained on "
-                        f"{tuple(meta['input_shape'])}: pass the dataset it was trained on")
+    trained.check_data(ds, data_dir)
     split = ds["train"]
     if cfg["data"]["val_fraction"] > 0:
         split, _ = holdout(split, cfg["data"]["val_fraction"], cfg["train"]["seed"])
     if args.sizes[-1] > len(split):
         raise UserError(f"--batch-sizes: {args.sizes[-1]} is more than the {len(split)} training samples: "
                         f"use sizes up to {len(split)}")
-    model = build.model(cfg, ds.input_shape)
-    model.load(path)
     model.skip_input_grad()
-    return model, build.loss(cfg), split, cfg
+    return model, trained.loss, split, cfg
 
 
 def gradient(model, loss, x, y):
@@ -199,6 +184,8 @@ def run(args):
     def body():
         with comm.agreed(w):  # any rank may fail to load alone
             model, loss, split, cfg = load(args)
+        for line in args.skipped if w.rank == 0 else []:
+            print(line, file=sys.stderr, flush=True)
         out.update(measure(w, model, loss, split, args.sizes, args.draws, args.seed, args.chunk))
         out.update(fit(out))
         if w.rank == 0 and args.out:

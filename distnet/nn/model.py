@@ -200,18 +200,5 @@ class Sequential(Layer):
             out[f"buffers/{k}"] = b
         return out
 
-    def save(self, path):
-        """Write the parameters (and buffers) to an HDF5 file, atomically."""
-        from ..checkpoint import write_h5_atomic
-
-        write_h5_atomic(path, {"model/" + k: v for k, v in self.state_arrays().items()},
-                        attrs={"num_params": self.num_params, "dtype": str(self.dtype)})
-
-    def load(self, path):
-        """Read parameters (and buffers) written by ``save`` or a training checkpoint."""
-        from ..checkpoint import read_model_arrays
-
-        read_model_arrays(path, self)
-
     def __repr__(self):
         return f"Sequential({len(self.layers)} layers, {self.num_params:,} params)"

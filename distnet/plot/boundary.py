@@ -17,25 +17,23 @@ GRID = 300  # cells per axis
 
 
 def load(args):
-    """(model, loss, split) for the checkpoint and data of ARGS."""
-    from .. import build
-    from ..config import data_path
-    from ..data import open_dataset
-    from ..evaluate.cli import load_member, resolve
+    """(path, model, loss, split) for the checkpoint and data of ARGS; a damaged checkpoint passed over in a
+    folder is named on stderr."""
+    import sys
 
-    path = resolve(args.boundary)
-    cfg, meta = load_member(path)
-    data_dir = args.data or data_path(cfg)
+    from ..data import open_dataset
+    from ..evaluate.trained import load_trained
+
+    trained = load_trained(args.boundary, "draw")
+    for line in trained.warnings():
+        print(line, file=sys.stderr, flush=True)
+    data_dir = args.data or trained.data_path()
     ds = open_dataset(data_dir)
     if tuple(ds.input_shape) != (2,):
         raise UserError(f"--boundary draws 2-D inputs, but {data_dir} has inputs of shape {tuple(ds.input_shape)}: "
                         "use a 2-D dataset (spirals, gaussians)")
-    if tuple(meta.get("input_shape", (2,))) != (2,):
-        raise UserError(f"{path} was trained on inputs of shape {tuple(meta['input_shape'])}, not on {data_dir}'s "
-                        "2-D points: pass the dataset it was trained on")
-    model = build.model(cfg, ds.input_shape)
-    model.load(path)
-    return path, model, build.loss(cfg), ds["test" if "test" in ds.splits else "train"]
+    trained.check_data(ds, data_dir)
+    return trained.path, trained.model, trained.loss, ds["test" if "test" in ds.splits else "train"]
 
 
 def scores(model, loss, reader, points):

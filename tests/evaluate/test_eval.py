@@ -100,7 +100,7 @@ def direct_committee(paths, data):
     for p in paths:
         cfg = C.merge(C.defaults(), C.parse_toml(ckpt.read_meta(p)["config"], p), p)
         model = build.model(cfg, split.input_shape)
-        model.load(p)
+        ckpt.read_model_arrays(p, model)
         z = model.forward(x, training=False).astype(np.float64)
         probs.append(np.exp(z - z.max(1, keepdims=True)) / np.exp(z - z.max(1, keepdims=True)).sum(1, keepdims=True))
     return np.mean(probs, axis=0), y

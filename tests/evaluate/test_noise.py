@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 from distnet import build
+from distnet import checkpoint as ckpt
 from distnet import config as C
 from distnet.checkpoint import latest
 from distnet.data import BatchReader, open_dataset
@@ -84,7 +85,7 @@ def exact_noise_scale(config_path, data, checkpoint):
     split = open_dataset(data)["train"]
     x, y = BatchReader(split, mode="memory", dtype=np.float64).batch(np.arange(len(split)))
     model = build.model(cfg, split.input_shape)
-    model.load(checkpoint)
+    ckpt.read_model_arrays(checkpoint, model)
     loss = build.loss(cfg)
     per_sample = np.empty((len(y), model.num_params))
     for i in range(len(y)):  # one by one, on purpose: no batched formula to share a mistake with the trainer

@@ -151,8 +151,18 @@ def test_resume_falls_back_from_a_damaged_newest_checkpoint(tmp_path, spirals_da
     damage(ckpt.latest(ck))
     ev = run_distnet(["eval", ck, "--data", spirals_data, "--json"], timeout=60)
     assert ev.returncode == 0, ev.stderr
-    assert json.loads(ev.stdout)["checkpoint"] == str(ckpt.list_checkpoints(ck)[-2])
+    valid = str(ckpt.list_checkpoints(ck)[-2])
+    assert json.loads(ev.stdout)["checkpoint"] == valid
     assert "damaged" in ev.stderr
+    # and so do noise and plot --boundary, with the same warning (one road: evaluate.trained.load_trained)
+    no = run_distnet(["noise", ck, "--data", spirals_data, "--batch-sizes", "8,16", "--draws", "2", "--json"],
+                     timeout=60)
+    assert no.returncode == 0 and json.loads(no.stdout)["checkpoint"] == valid, no.stderr
+    pl = run_distnet(["plot", "--boundary", ck, "--data", spirals_data, "--out", tmp_path / "b.png"], timeout=60)
+    assert pl.returncode == 0 and (tmp_path / "b.png").is_file(), pl.stderr
+    for r in (no, pl):
+        assert [line for line in r.stderr.splitlines() if "damaged" in line] == \
+            [line for line in ev.stderr.splitlines() if "damaged" in line], r.stderr
 
 
 def test_the_resume_line_says_from_where(tmp_path, spirals_data):
