@@ -43,17 +43,20 @@ def describe(spec, cls=None):
 
 def _layer(i, spec, default_init):
     """(description, layer object) of the ``i``-th ``[[model.layers]]`` table."""
-    from .nn.layers import LAYER_TYPES
+    from .nn.layers import LAYER_TYPES, layer_class
 
-    if not isinstance(spec, dict) or "type" not in spec:
+    if not isinstance(spec, dict) or "type" not in spec or not isinstance(spec["type"], str):
         raise ConfigError(f"layer {i}: model.layers[{i}] must be a table with a 'type' key, e.g. type = \"dense\", "
                           f"got {spec!r}")
     kwargs = dict(spec)
     kind = kwargs.pop("type")
-    cls = LAYER_TYPES.get(kind)
+    try:
+        cls = layer_class(kind)
+    except ValueError as e:
+        raise ConfigError(f"layer {i}: {e}") from None
     if cls is None:
         raise ConfigError(f"layer {i}, type {kind!r}: unknown layer type: valid types are "
-                          f"{', '.join(sorted(LAYER_TYPES))}")
+                          f"{', '.join(sorted(LAYER_TYPES))}, or a layer of your own as \"module:Class\"")
     what = f"layer {i}, {describe(spec, cls)}"
     valid = layer_keys(cls)
     for key in kwargs:

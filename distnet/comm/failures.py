@@ -18,9 +18,10 @@ class Stop(Exception):
     """Raised on every rank at once after a collective decision; ``message`` is printed by rank 0 (None:
     already reported)."""
 
-    def __init__(self, message, exit_code=1):
+    def __init__(self, message, exit_code=1, detail=None):
         super().__init__(message)
         self.exit_code = exit_code
+        self.detail = message if detail is None else detail  # what went wrong, also when already reported
 
 
 def report(w, error, rank_prefix=True):
@@ -35,11 +36,11 @@ def report(w, error, rank_prefix=True):
         print(f"distnet: error: {where}{type(error).__name__}: {error}", file=sys.stderr, flush=True)
 
 
-def settle(w, error):
+def settle(w, error, detail=None):
     """Agree collectively on work that any rank may have failed; ``error`` is this rank's exception or None.
 
-    Returns the highest exit code over ranks (0 when all succeeded). One line is printed, by the first
-    rank that failed: without a rank prefix when every rank failed alike (a bad config or dataset is the
+    Returns the highest exit code over ranks (0 when all succeeded), and appends the first failed rank's
+    message to the list ``detail`` when given. One line is printed, by the first rank that failed: without a rank prefix when every rank failed alike (a bad config or dataset is the
     same everywhere), with it when the ranks disagree.
     """
     mine = None if error is None else (getattr(error, "exit_code", 1), str(error))
@@ -47,6 +48,8 @@ def settle(w, error):
     failed = [r for r, m in enumerate(everyone) if m is not None]
     if not failed:
         return 0
+    if detail is not None:
+        detail.append(everyone[failed[0]][1])
     if w.rank == failed[0]:
         alike = len(failed) == w.size and len({everyone[r][1] for r in failed}) == 1
         report(w, error, rank_prefix=not alike)
@@ -62,9 +65,10 @@ def agreed(w):
         yield
     except Exception as e:  # noqa: BLE001 - every rank must hear of it
         error = e
-    code = settle(w, error)
+    detail = []
+    code = settle(w, error, detail)
     if code:
-        raise Stop(None, code)
+        raise Stop(None, code, detail[0])
 
 
 def fail_alone(w, error):

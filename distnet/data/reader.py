@@ -72,7 +72,8 @@ class BatchReader:
         return self.source.gather(rows, x), self.split.base_labels[rows]
 
     def convert(self, x):
-        """Stored values to model inputs: scale, then standardize when asked."""
+        """Stored values to model inputs: scale, then standardize when asked (``conversion_of`` keeps what
+        this needs in a checkpoint, for ``evaluate.trained.Trained.inputs``)."""
         out = x.astype(self.dtype)
         if self.divisor != 1:
             out /= self.divisor
@@ -120,3 +121,10 @@ class BatchReader:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def conversion_of(split):
+    """What ``BatchReader.convert`` (standardizing) needs of a training split, as JSON-able values: kept in
+    every checkpoint's metadata so that a trained model converts new inputs as it was trained."""
+    return {"pixel_scale": float(split.pixel_scale), "mean": np.asarray(split.mean, np.float64).ravel().tolist(),
+            "std": np.asarray(split.std, np.float64).ravel().tolist()}

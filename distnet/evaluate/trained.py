@@ -49,6 +49,56 @@ class Trained:
         """The prepared dataset folder the model was trained on (from its config)."""
         return C.data_path(self.config)
 
+    @property
+    def class_names(self):
+        return tuple(self.meta.get("class_names") or range(int(self.meta.get("num_classes", 0))))
+
+    def take_inputs_from(self, data=None):
+        """Take the input conversion (scale, training statistics) from the prepared dataset DATA (default:
+        the one in its config): for checkpoints written before distnet stored it in them."""
+        from ..data import open_dataset
+        from ..data.reader import conversion_of
+
+        data_dir = data or self.data_path()
+        ds = open_dataset(data_dir)
+        self.check_data(ds, data_dir)
+        self.meta["inputs"] = conversion_of(ds["train"])
+        self.meta.setdefault("class_names", list(ds.class_names))
+
+    def inputs(self, x):
+        """Inputs as stored in the dataset (a batch, or one sample) to the model's: as the training reader
+        converts them (scaled, standardized with the training split's statistics)."""
+        if "inputs" not in self.meta:
+            raise UserError(f"{self.path} was written before distnet kept its input statistics in checkpoints: "
+                            "load it with data=DIR (the prepared dataset it was trained on)")
+        x = np.asarray(x)
+        shape = self.input_shape
+        if x.shape == shape:
+            x = x[None]
+        if x.shape[1:] != shape:
+            raise UserError(f"inputs of shape {x.shape} do not fit {self.path}: it takes (N, "
+                            f"{', '.join(map(str, shape))}) or one sample of shape {shape}")
+        spec, dtype = self.meta["inputs"], self.model.dtype
+        out = x.astype(dtype)
+        if spec["pixel_scale"] != 1:
+            out /= dtype.type(round(1 / spec["pixel_scale"]))
+        bshape = (1, -1) + (1,) * (len(shape) - 1)
+        out -= np.asarray(spec["mean"], dtype).reshape(bshape)
+        out *= (1 / np.asarray(spec["std"], np.float64)).astype(dtype).reshape(bshape)
+        return out
+
+    def predict_proba(self, x, batch_size=1024):
+        """Class probabilities (N, classes) for inputs X as stored in the dataset."""
+        from .assess import class_scores
+
+        x = self.inputs(x)
+        return np.concatenate([class_scores(self.loss, self.model.forward(x[i:i + batch_size], training=False))
+                               for i in range(0, len(x), batch_size)]) if len(x) else np.empty((0, 0))
+
+    def predict(self, x, batch_size=1024):
+        """Class indices (N,) for inputs X as stored in the dataset (``class_names`` names them)."""
+        return np.argmax(self.predict_proba(x, batch_size), axis=1)
+
 
 def resolve(path, skipped=None):
     """(file, contents) for PATH: the file itself, or the newest valid checkpoint in a folder (damaged newer

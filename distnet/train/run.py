@@ -15,6 +15,7 @@ import numpy as np
 from .. import build, comm, outputs
 from .. import checkpoint as ckpt
 from .. import config as C
+from ..data.reader import conversion_of
 from ..errors import ConfigError, UserError
 from ..nn.layers import Layer
 from ..nn.schedules import scale_lr
@@ -134,6 +135,7 @@ class Run:
         return dict(asdict(self.pos), config=C.to_toml(self.cfg), seed=self.cfg["train"]["seed"],
                     global_batch=self.batch, world_size=self.world.size, dataset=ds.name,
                     input_shape=list(ds.input_shape), num_classes=ds.num_classes, num_samples=s.num_samples,
+                    class_names=list(ds.class_names), inputs=conversion_of(self.reader.split),
                     drop_last=s.drop_last, noise=self.noise.state() if self.noise is not None else None)
 
     def close(self):
