@@ -53,6 +53,8 @@ SCHEMA = {
         "nonfinite": (str, "stop"),     # stop | skip (skip the step, stop after max_skips)
         "max_skips": (int, 10),
         "max_steps": (int, 0),          # stop after this many steps (0 = all epochs)
+        "init_from": (str, ""),         # a new run starting from this checkpoint's parameters (file or folder)
+        "init_from_optimizer": (bool, False),  # ... and from its optimizer state (same optimizer and shapes)
         "log_every": (int, 50),         # steps between train metric lines
         "noise_every": (int, 4),        # measure the gradient noise scale every this many steps (0 = off)
         "noise_decay": (NUM, 0.95),     # its moving averages' decay per measured step (~80 steps at every 4)

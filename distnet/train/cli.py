@@ -22,6 +22,11 @@ def add_arguments(p):
     p.add_argument("--checkpoint-dir", metavar="DIR", help="checkpoint.dir")
     p.add_argument("--checkpoint-every", type=int, metavar="STEPS", help="checkpoint.every")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the folder")
+    p.add_argument("--init-from", metavar="CHECKPOINT",
+                   help="a new run starting from the parameters of a checkpoint (file or folder) of a model of "
+                        "the same layers, at any batch size, rank count, optimizer and data")
+    p.add_argument("--init-from-optimizer", action="store_true",
+                   help="with --init-from: also take its optimizer state (the same optimizer)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override any config key (TOML value syntax), e.g. --set optimizer.name=momentum "
                         "--set optimizer.momentum=0.95")
@@ -48,6 +53,7 @@ def _batch_size(text):
 FLAGS = {"data": "data.path", "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "optimizer.lr",
          "seed": "train.seed", "accumulate": "train.accumulate", "metrics": "log.metrics",
          "checkpoint_dir": "checkpoint.dir", "checkpoint_every": "checkpoint.every", "resume": "checkpoint.resume",
+         "init_from": "train.init_from", "init_from_optimizer": "train.init_from_optimizer",
          "profile": "log.profile", "trace": "log.trace", "quiet": "log.quiet", "progress": "log.progress"}
 
 

@@ -18,7 +18,7 @@ from .. import comm
 from .observers import AutoBatch, Checkpoints, EarlyStop, Evaluation, FaultInjector, Log, Target
 from .observers.signals import Signals, Stopped
 from .profile import StepTimer
-from .run import check_same_data, resume, setup
+from .run import check_same_data, init_from, resume, setup
 from .step import step
 
 
@@ -109,6 +109,8 @@ def _train(w, cfg, blas_threads, observers, signals):
         run = setup(cfg, w)
         if cfg["checkpoint"]["resume"]:
             about["resumed_from"] = str(resume(run))
+        elif cfg["train"]["init_from"]:
+            about["initialized_from"] = str(init_from(run))
     check_same_data(run, about["hosts"])
     comm.sync.attach(w, run.sync)  # what the strategy needs of the other ranks (shared memory), now all set up
     comm.check_replicas(w, run.model, "at the start")

@@ -72,6 +72,7 @@ class Run:
     skipped_checkpoints: list = field(default_factory=list)  # damaged newer checkpoints that resume passed over
     data_fingerprint: list = None  # this rank's copy of the data, as ``check_same_data`` compares it
     resumed_from: str = ""  # the checkpoint ``resume`` loaded ("" = a fresh start)
+    initialized_from: str = ""  # the checkpoint ``init_from`` took the parameters from ("" = none)
 
     @contextmanager
     def off_clock(self):
@@ -223,7 +224,7 @@ def check_same_data(run, hosts):
     from ..data import fingerprint_difference
 
     digest = hashlib.sha256(repr(run.data_fingerprint).encode()).hexdigest()  # small at any shard count
-    everyone = run.world.allgather((digest, run.resumed_from))
+    everyone = run.world.allgather((digest, run.resumed_from or run.initialized_from))
     host = {r: h for h, ranks in hosts.items() for r in ranks}
 
     def named(ranks):
@@ -238,7 +239,7 @@ def check_same_data(run, hosts):
                         "(prepare it once and copy the folder)", exit_code=2)
     differ = [r for r, (_, path) in enumerate(everyone) if path != everyone[0][1]]
     if differ:
-        raise comm.Stop(f"the ranks resumed from different checkpoints: rank(s) {named(differ)} from "
+        raise comm.Stop(f"the ranks started from different checkpoints: rank(s) {named(differ)} from "
                         f"{everyone[differ[0]][1]}, rank 0 ({host.get(0, '?')}) from {everyone[0][1]}: every "
                         "rank must see the same checkpoint folder (a shared file system)", exit_code=2)
 
@@ -302,3 +303,46 @@ def resume(run):
     if run.auto:
         run.set_batch(run.batch)  # the steps left, counted from the restored position
     return path
+
+
+def init_from(run):
+    """Start a new run from the parameters (and buffers) of ``train.init_from``, a checkpoint file or folder
+    (its newest valid checkpoint), and with ``train.init_from_optimizer`` from its optimizer state too. The
+    models must have the same layers with the same parameter shapes; the first that differs is named. The
+    batch size, rank count, optimizer settings, schedule and data are this run's own; its position starts
+    at 0. Returns the checkpoint's path."""
+    from ..evaluate.trained import load_trained
+
+    tc = run.cfg["train"]
+    source = load_trained(tc["init_from"], "start from")
+    if run.world.rank == 0:
+        for line in source.warnings():
+            print(line, file=sys.stderr, flush=True)
+    mine, theirs = run.model.layers, source.model.layers
+
+    def shapes(layer):
+        return {k: v.shape for k, v in {**layer.params, **layer.buffers}.items()}
+
+    for i, (a, b) in enumerate(zip(mine, theirs)):
+        if type(a) is not type(b) or shapes(a) != shapes(b):
+            raise ConfigError(f"--init-from {source.path}: layer {i} is {b!r} there but {a!r} here: start from a "
+                              "checkpoint of a model with the same layers")
+    if len(mine) != len(theirs):
+        raise ConfigError(f"--init-from {source.path}: it has {len(theirs)} layers, this model {len(mine)}: "
+                          "start from a checkpoint of a model with the same layers")
+    run.model.params_flat[...] = source.model.params_flat
+    for key, buf in run.model.buffers.items():
+        buf[...] = source.model.buffers[key]
+    if tc["init_from_optimizer"]:
+        theirs, mine = source.config["optimizer"]["name"], run.cfg["optimizer"]["name"]
+        if theirs != mine:
+            raise ConfigError(f"--init-from-optimizer: {source.path} was trained with optimizer {theirs!r}, this "
+                              f"run uses {mine!r}: use the same optimizer.name, or drop --init-from-optimizer")
+        contents = ckpt.read_verified(source.path)
+        try:
+            ckpt.load_training(source.path, run.model, run.optimizer, contents)
+        except ConfigError as e:
+            raise ConfigError(f"--init-from-optimizer: {source.path}'s optimizer state does not fit this run ({e}): "
+                              "drop --init-from-optimizer") from None
+    run.initialized_from = source.path
+    return source.path

@@ -172,7 +172,7 @@ def test_ranks_that_resume_from_different_checkpoints_stop_with_one_line(tmp_pat
                        capture_output=True, text=True, timeout=60, env=env)
     assert r.returncode == 2, r.stderr
     errors = [line for line in r.stderr.splitlines() if line.startswith("distnet: error:")]
-    assert len(errors) == 1 and "the ranks resumed from different checkpoints: rank(s) 1 (" in errors[0], r.stderr
+    assert len(errors) == 1 and "the ranks started from different checkpoints: rank(s) 1 (" in errors[0], r.stderr
     assert str(ck1 / "ckpt-000000020.h5") in errors[0] and str(ck0 / "ckpt-000000040.h5") in errors[0]
 
 

@@ -58,6 +58,9 @@ class Log(Observer):
             f"distnet: global batch {B} ({B // p} per rank" + (f", {k} micro-steps" if k > 1 else "")
             + f"), {run.model.num_params:,} parameters, {run.steps_per_epoch} steps/epoch, data {run.data_dir}"
             + (f", sync {run.sync.name}" if p > 1 else ""))
+        if a.get("initialized_from"):
+            self.progress.line(f"distnet: parameters from {a['initialized_from']}"
+                               + (" with its optimizer state" if run.cfg["train"]["init_from_optimizer"] else ""))
         if a.get("resumed_from"):
             self.progress.line(f"distnet: resumed from {a['resumed_from']}: step {run.pos.global_step}, epoch "
                                f"{epoch_label(run)} of {run.epochs}")
