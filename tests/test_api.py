@@ -71,21 +71,22 @@ def test_a_config_error_raises_user_error_in_python(spirals_data):
 @pytest.mark.mpi
 def test_train_in_python_on_two_ranks_returns_on_both_and_raises_on_both(spirals_data, tmp_path):
     script = textwrap.dedent(f"""
-        from distnet import api
+        from distnet import api, comm
         from distnet.errors import UserError
+        rank = comm.world().rank
         r = api.train("spirals-mlp", sets=["train.epochs=2", "log.quiet=true", 'data.path="{spirals_data}"'])
-        print("summary", r.summary["ranks"], r.summary["steps"], r.summary["param_hash"], flush=True)
+        out = [f"summary {{r.summary['ranks']}} {{r.summary['steps']}} {{r.summary['param_hash']}}"]
         try:
             api.train("spirals-mlp", sets=['data.path="{tmp_path / 'nowhere'}"', "log.quiet=true"])
         except UserError as e:
-            print("caught", str(e).split(":")[0], flush=True)
+            out.append(f"caught {{e}}")
+        open(f"{tmp_path}/out-{{rank}}.txt", "w").write("\\n".join(out))
     """)
     r = run_python_mpi(script, 2, timeout=120)
     assert r.returncode == 0, r.stderr
-    lines = r.stdout.splitlines()
-    summaries = [line for line in lines if line.startswith("summary")]
-    assert len(summaries) == 2 and summaries[0] == summaries[1] and summaries[0].split()[1] == "2", r.stdout
-    assert len([line for line in lines if line.startswith("caught")]) == 2, (r.stdout, r.stderr)
+    summaries, caught = zip(*((tmp_path / f"out-{rank}.txt").read_text().splitlines() for rank in range(2)))
+    assert summaries[0] == summaries[1] and summaries[0].split()[1] == "2", summaries
+    assert all(c.startswith("caught dataset folder") and "nowhere does not exist" in c for c in caught), caught
 
 
 @pytest.mark.mpi
