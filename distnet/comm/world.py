@@ -268,6 +268,22 @@ def check_launch(size):
                             "'--mpi=pmix' (OpenMPI), or start with the cluster's own mpirun/mpiexec")
 
 
+def library_uninitialized():
+    """The first line of the version string of the MPI library mpi4py loads, without starting MPI ("" when
+    none loads): what a launcher for other processes needs to know (srun's --mpi), from a process that is
+    not itself a rank."""
+    try:
+        import mpi4py
+
+        if _world is None:
+            mpi4py.rc.initialize = False
+        from mpi4py import MPI
+
+        return " ".join(MPI.Get_library_version().strip().splitlines()[0].split())
+    except Exception:  # noqa: BLE001 - no MPI to ask
+        return ""
+
+
 _world = None
 
 

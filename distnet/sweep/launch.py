@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .. import checkpoint as ckpt
+from ..comm.world import library_uninitialized
 from ..errors import UserError
 
 
@@ -33,15 +34,7 @@ def srun_mpi():
     """srun's --mpi for the MPI mpi4py loads (as cluster/slurm.sbatch does): DISTNET_SRUN_MPI if set."""
     mpi = os.environ.get("DISTNET_SRUN_MPI", "")
     if not mpi:
-        try:
-            import mpi4py
-
-            mpi4py.rc.initialize = False
-            from mpi4py import MPI
-
-            library = MPI.Get_library_version()
-        except Exception:  # noqa: BLE001 - no MPI to ask: the cluster's default
-            library = ""
+        library = library_uninitialized()  # none: the cluster's default
         mpi = "pmix" if "Open MPI" in library else "pmi2" if "MPICH" in library else "default"
     return mpi
 
