@@ -26,11 +26,11 @@ def resolve_config(config, overrides=None, sets=()):
     if isinstance(config, dict):
         config = dict(config)
         base = config.pop("extends", None)
-        cfg = C.load(base) if base else C.defaults()
+        cfg = C.resolve(base) if base else C.defaults()  # validated once, below, with everything merged
         cfg = C.merge(cfg, config, "the config dict")
         label = "the config dict"
     elif isinstance(config, (str, Path)):
-        cfg, label = C.load(str(config)), str(config)
+        cfg, label = C.resolve(str(config)), str(config)
     else:
         raise UserError(f"config must be a preset name, a TOML path or a dict of sections, got {type(config).__name__}")
     if overrides:

@@ -142,3 +142,23 @@ def schedule(cfg, lr0, total_steps):
     from .nn.schedules import make_schedule
 
     return make_schedule(cfg["schedule"], lr0, total_steps)
+
+
+def check(cfg):
+    """A dry build of what a config names, before any data is opened (``config.validate`` ends with it): every
+    layer (its type and keys; sizes are inferred later), the default initializer, the optimizer over a
+    one-element dummy and the schedule. A bad layer, initializer, optimizer or schedule key is a ConfigError
+    now, not after the data is read."""
+    from .nn import init
+    from .nn.optim import make_optimizer
+
+    layers(cfg["model"]["layers"], cfg["model"]["init"])
+    if cfg["model"]["init"]:
+        try:
+            init.get(cfg["model"]["init"])
+        except (ConfigError, TypeError, ValueError) as e:
+            raise ConfigError(f"config key model.init: {e}") from None
+    dummy = np.zeros(1)
+    make_optimizer(cfg["optimizer"]["name"], dummy, dummy.copy(), lr=cfg["optimizer"]["lr"],
+                   **factory_kwargs(cfg, "optimizer"))
+    schedule(cfg, cfg["optimizer"]["lr"], 100)

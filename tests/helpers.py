@@ -133,6 +133,16 @@ def last_ckpt(folder):
     return sorted(folder.glob("ckpt-*.h5"))[-1]
 
 
+def checkpoint_state(folder):
+    """The newest checkpoint in ``folder``: its parameters, its optimizer state arrays and attributes (the
+    step), as {name: value}: what two runs that should agree are compared by."""
+    import h5py
+
+    with h5py.File(last_ckpt(folder), "r") as f:
+        return {"params": f["model"]["params"][...]} | {k: v[...] for k, v in f["optimizer"].items()} | \
+            dict(f["optimizer"].attrs)
+
+
 def train(tmp_path, name, data, n=None, extra=(), env=None, timeout=180, preset="spirals-mlp"):
     out = tmp_path / name
     r = run_distnet(["train", preset, "--data", data, "--metrics", out / "m.jsonl", "--checkpoint-dir", out / "ck",

@@ -118,7 +118,7 @@ def test_keys_both_take_and_trainer_keys_stay():
     (["schedule.name=constant", "schedule.min_lr=0.1"], "unknown key 'min_lr' for schedule 'constant' "
                                                         "(valid: name, warmup_steps, warmup_start_factor)"),
     (["schedule.name=cosine", "schedule.decay_rate=0.5"], "e.g. --set schedule.name=exponential"),
-    (["optimizer.name=adamax"], "unknown optimizer 'adamax'"),
+    (["optimizer.name=adamax"], "config key optimizer.name must be one of sgd, momentum, nesterov"),
 ])
 def test_keys_the_named_optimizer_or_schedule_does_not_take_are_still_errors(sets, message):
     with pytest.raises(ConfigError) as e:
@@ -288,6 +288,72 @@ def test_data_path_is_resolved_in_one_place():
 
 @pytest.mark.parametrize("key,value", [("powersgd_rank", 0), ("powersgd_warmup", -1), ("powersgd_min_size", -1)])
 def test_bad_powersgd_keys_are_named(key, value):
-    with pytest.raises(ConfigError, match=f"comm.{key} must be >= ") as e:
+    with pytest.raises(ConfigError, match=f"comm.{key} must be an integer >= ") as e:
         C.load("fashion-mlp", sets=['comm.sync="powersgd"', f"comm.{key}={value}"])
     assert "\n" not in str(e.value)
+
+
+# -- one road: flags merge as values, bounds in the schema, nothing changed after validation ---------------
+
+def test_flags_merge_as_values_not_as_toml_text(capsys):
+    from distnet.cli import main
+
+    odd = 'runs/a "b" \\c=d.jsonl'  # quotes, a backslash and an equals sign: no hand quoting to get wrong
+    assert main(["train", "spirals-mlp", "--metrics", odd, "--data", "x'y", "--lr", "0.5", "--print-config"]) == 0
+    cfg = C.parse_toml(capsys.readouterr().out, "printed")
+    assert (cfg["log"]["metrics"], cfg["data"]["path"], cfg["optimizer"]["lr"]) == (odd, "x'y", 0.5)
+    assert main(["train", "spirals-mlp", "--seed", "-1", "--print-config"]) == 2
+    assert capsys.readouterr().err == ("distnet: error: config key train.seed must be an integer in [0, 4294967295], "
+                                       "got -1 (from --seed -1)\n")
+
+
+@pytest.mark.parametrize("text,ok", [("accuracy=1", True), ("accuracy=0.5", True), ("loss=0", True),
+                                     ("loss=3", True), ("accuracy=2", False), ("accuracy=0", False),
+                                     ("accuracy=-0.1", False), ("loss=-1", False), ("loss=nan", False),
+                                     ("accuracy=inf", False), ("acc=0.5", False), ("accuracy", False)])
+def test_a_target_no_evaluation_can_reach_is_an_error(text, ok):
+    if ok:
+        assert C.parse_target(text, "--target")[0] in ("accuracy", "loss")
+        assert C.load("spirals-mlp", [f'train.target="{text}"'])["train"]["target"] == text
+    else:
+        with pytest.raises(ConfigError, match=r"accuracy in \(0, 1\] or loss >= 0"):
+            C.parse_target(text, "--target")
+        with pytest.raises(ConfigError, match="config key train.target"):
+            C.load("spirals-mlp", [f'train.target="{text}"'])
+
+
+def test_derive_and_the_commands_validate_once_and_change_no_validated_config():
+    base = C.load("spirals-mlp")
+    before = C.to_toml(base)
+    cfg = C.derive(base, {"train": {"max_steps": 7}}, "a command")
+    assert cfg["train"]["max_steps"] == 7 and C.to_toml(base) == before
+    with pytest.raises(ConfigError, match=r"train.max_steps must be an integer >= 0, got -7 \(from a command\)"):
+        C.derive(base, {"train": {"max_steps": -7}}, "a command")
+    from distnet.bench.train import check_args
+
+    args = SimpleNamespace(config="spirals-mlp", data=None, steps=5, warmup=2, reps=3, batch_size=None, set=[])
+    cfg = check_args(args)
+    assert (cfg["train"]["max_steps"], cfg["log"]["profile"], cfg["checkpoint"]["dir"]) == (7, True, "")
+    with pytest.raises(ConfigError, match=r"train.batch_size .* got 0 \(from --batch-size 0\)"):
+        check_args(SimpleNamespace(**{**vars(args), "batch_size": 0}))
+
+
+def test_allowed_names_may_come_from_a_registry_read_when_validating():
+    from distnet.schema import Key, check_value
+
+    names = ["a"]
+    key = Key(str, "a", choices=lambda: names)
+    with pytest.raises(ConfigError, match="config key s.k must be \"a\", got 'b'"):
+        check_value("s.k", key, "b")
+    names.append("b")  # registered later: allowed from then on
+    assert check_value("s.k", key, "b") == "b"
+
+
+def test_the_guide_lists_every_bounded_key():
+    from .helpers import ROOT
+
+    text = (ROOT / "docs" / "guide" / "training.md").read_text()
+    bounds = text[text.index("**Bounds.**"):text.index("Layer types:")]
+    missing = [f"{s}.{k}" for s, k, spec in C.keys() if spec.numeric and spec.bounded and f"`{k}`" not in bounds
+               and f"`{s}.{k}`" not in bounds]
+    assert not missing, f"docs/guide/training.md \"Bounds\" does not list {missing}"

@@ -10,6 +10,7 @@ import pytest
 
 from distnet import config as C
 from distnet.cli import COMMANDS, build_parser
+from distnet.errors import UserError
 
 from .helpers import ROOT
 
@@ -104,7 +105,7 @@ def check_command(cmd):
     if not problems and not any(PLACEHOLDER.search(w) for w in argv):
         try:
             _, extra = parser.parse_known_args(argv)
-        except SystemExit:
+        except (SystemExit, UserError):
             return [f"does not parse: distnet {' '.join(argv)}"]
         if extra:
             problems.append(f"unparsed {extra}")

@@ -20,5 +20,11 @@ def add_arguments(parser):
         p.set_defaults(_bench=mod.run)
 
 
+def check_args(args):
+    """The kind's own checks of its command line before any work, where it has them (``bench train``)."""
+    check = getattr(importlib.import_module(KINDS[args.kind][0]), "check_args", None)
+    return check(args) if check else None
+
+
 def run(args):
     return args._bench(args)

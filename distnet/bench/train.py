@@ -57,23 +57,30 @@ def add_arguments(p):
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 
+def check_args(args):
+    """Every check of the command line before any work: the counts, then the config (``load_config``)."""
+    for flag, value, low in (("--steps", args.steps, 1), ("--warmup", args.warmup, 0), ("--reps", args.reps, 1)):
+        if value < low:
+            raise UserError(f"{flag} {value}: give at least {low}")
+    cfg = load_config(args)
+    if cfg["train"]["batch_size"] == "auto":
+        raise UserError("bench train measures a fixed global batch: pass --batch-size B")
+    return cfg
+
+
 def load_config(args):
     """The config as ``distnet train`` resolves it, then the bench's overrides: a short, quiet, profiled run
-    that writes no files."""
-    if args.steps < 1 or args.warmup < 0:
-        raise UserError("--steps must be >= 1 and --warmup >= 0")
+    that writes no files; validated once, with them."""
     total = args.warmup + args.steps
-    sets = list(args.set)
-    if args.data:
-        sets.append(f"data.path={json.dumps(args.data)}")
+    flags = [(f"--data {args.data}", {"data": {"path": args.data}})] if args.data else []
     if args.batch_size is not None:
-        sets.append(f"train.batch_size={args.batch_size}")
-    cfg = C.load(args.config, sets=sets)
-    cfg["train"].update(max_steps=total, eval_every=0, patience=0, log_every=total,
-                        epochs=max(cfg["train"]["epochs"], total))  # max_steps, not epochs, ends the run
-    cfg["checkpoint"].update(dir="", every=0, resume=False)
-    cfg["log"].update(metrics="", trace="", profile=True, quiet=True)
-    return cfg
+        flags.append((f"--batch-size {args.batch_size}", {"train": {"batch_size": args.batch_size}}))
+    cfg = C.resolve(args.config, args.set, flags)
+    C.merge(cfg, {"train": dict(max_steps=total, eval_every=0, patience=0, log_every=total,
+                                epochs=max(cfg["train"]["epochs"], total)),  # max_steps, not epochs, ends the run
+                  "checkpoint": dict(dir="", every=0, resume=False),
+                  "log": dict(metrics="", trace="", profile=True, quiet=True)}, "distnet bench train")
+    return C.validate(cfg)
 
 
 def measured(result, warmup):
@@ -127,9 +134,7 @@ def run(args):
     w = comm.world()
     threads = set_blas_threads(1)
     try:
-        cfg = load_config(args)  # every rank parses the same file: all fail alike
-        if cfg["train"]["batch_size"] == "auto":
-            raise UserError("bench train measures a fixed global batch: pass --batch-size B")
+        cfg = check_args(args)  # every rank parses the same file: all fail alike
     except UserError as e:
         if w.rank == 0:
             print(f"distnet: error: {e}", file=sys.stderr, flush=True)

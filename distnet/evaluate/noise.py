@@ -172,17 +172,29 @@ def figure(result, path, title=""):
     return save(fig, path)
 
 
-def run(args):
-    w = comm.world()
+def check_args(args):
+    """Every check of the command line before any work (the sizes against the training split come with the
+    checkpoint): sets ``args.sizes``."""
+    from ..config import SEED_MAX
+
     args.sizes = parse_sizes(args.batch_sizes)
     if args.draws < 2 or args.chunk < 1:
         raise UserError("--draws must be at least 2 (the spread needs two) and --chunk at least 1")
-    if args.out and not args.out.lower().endswith(".png"):
-        raise UserError(f"--out {args.out}: figures are written as PNG: give a file name ending in .png")
+    if not 0 <= args.seed <= SEED_MAX:
+        raise UserError(f"--seed {args.seed}: give a seed in [0, {SEED_MAX}]")
+    if args.out:
+        from ..outputs import check_figure
+
+        check_figure(args.out)
+
+
+def run(args):
+    w = comm.world()
     out = {}
 
     def body():
-        with comm.agreed(w):  # any rank may fail to load alone
+        with comm.agreed(w):  # any rank may fail to load alone; one line says why
+            check_args(args)
             model, loss, split, cfg = load(args)
         for line in args.skipped if w.rank == 0 else []:
             print(line, file=sys.stderr, flush=True)

@@ -156,20 +156,19 @@ class Warmup(Schedule):
         return start + (self.inner(w) - start) * step / w
 
 
-def scale_lr(base_lr, base_batch, batch, rule):
-    """The lr for global batch ``batch`` given one tuned at ``base_batch``.
+# optimizer.lr_scaling: rule -> the lr's factor for a global batch ``ratio`` times the one it was tuned at.
+# "linear": Goyal et al. 2017; "sqrt": Krizhevsky 2014, Hoffer et al. 2017; "none": the lr as given.
+LR_SCALING = {"none": lambda ratio: 1.0, "linear": lambda ratio: ratio, "sqrt": math.sqrt}
 
-    "linear": base_lr * batch / base_batch (Goyal et al. 2017); "sqrt": base_lr * sqrt(batch / base_batch)
-    (Krizhevsky 2014, Hoffer et al. 2017); "none": base_lr.
-    """
+
+def scale_lr(base_lr, base_batch, batch, rule):
+    """The lr for global batch ``batch`` given one tuned at ``base_batch``, by ``LR_SCALING[rule]``."""
     if not (isinstance(base_batch, numbers.Integral) and isinstance(batch, numbers.Integral)
             and base_batch > 0 and batch > 0):
         raise ConfigError(f"batch sizes must be positive integers, got base_batch={base_batch!r} batch={batch!r}")
-    ratio = batch / base_batch
-    rules = {"linear": ratio, "sqrt": math.sqrt(ratio), "none": 1.0}
-    if rule not in rules:
-        raise ConfigError(f"unknown lr scaling rule '{rule}' (valid: {', '.join(rules)})")
-    return float(base_lr) * rules[rule]
+    if rule not in LR_SCALING:
+        raise ConfigError(f"unknown lr scaling rule '{rule}' (valid: {', '.join(LR_SCALING)})")
+    return float(base_lr) * LR_SCALING[rule](batch / base_batch)
 
 
 # Each schedule's builder from a config table: builder(base_lr, total_steps, **its keys). Its keyword arguments

@@ -27,9 +27,9 @@ def save(fig, path):
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise UserError(f"{path}: figures are written as PNG: give a file name ending in .png")
-    from ..outputs import check_file, is_png
+    from ..outputs import check_figure
 
-    check_file(path, "figure", "--out", is_png)  # never over a file that is not a picture
+    check_figure(path)  # never over a file that is not a picture, nor over a device (written by a rename)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
     try:

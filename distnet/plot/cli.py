@@ -18,13 +18,29 @@ def add_arguments(p):
                    help="learning curves against steps, training samples or running time (default steps)")
 
 
-def run(args):
+def check_args(args):
+    """Every check of the command line before any work: one kind of figure, and where it goes (``args.out``
+    set to the default when not given) can take a PNG."""
+    from pathlib import Path
+
+    from ..outputs import check_figure
+
     if args.boundary and args.runs:
         raise UserError("distnet plot takes either metrics files or --boundary CHECKPOINT, not both")
+    if not args.boundary and not args.runs:
+        raise UserError("distnet plot needs metrics files (RUN.jsonl ...) or --boundary CHECKPOINT")
+    if args.out is None and args.runs:
+        args.out = str(Path(args.runs[0]).with_suffix(".png"))
+    elif args.out is None:  # beside the checkpoint: in its folder, or in the folder named
+        where = Path(args.boundary)
+        args.out = str((where if where.is_dir() else where.parent) / "boundary.png")
+    check_figure(args.out)
+
+
+def run(args):
+    check_args(args)
     if args.boundary:
         from .boundary import main
-    elif args.runs:
-        from .curves import main
     else:
-        raise UserError("distnet plot needs metrics files (RUN.jsonl ...) or --boundary CHECKPOINT")
+        from .curves import main
     return main(args)

@@ -13,6 +13,7 @@
 """
 
 import json
+import math
 import os
 import platform
 import sys
@@ -91,19 +92,34 @@ def _cpu():
     return platform.processor() or "unknown"
 
 
+# calibrate's own settings over the config: a profiled run without evaluation, checkpoints or files
+OVERRIDES = {"train": dict(eval_every=0, patience=0, accumulate=1, target=""),
+             "checkpoint": dict(dir="", every=0, resume=False),
+             "log": dict(metrics="", trace="", profile=True, quiet=True)}
+
+
 def base_config(args):
-    sets = list(args.set) + ([f"data.path={json.dumps(args.data)}"] if args.data else [])
-    cfg = C.load(args.config, sets=sets)
-    cfg["train"].update(eval_every=0, patience=0, accumulate=1, target="")
-    cfg["checkpoint"].update(dir="", every=0, resume=False)
-    cfg["log"].update(metrics="", trace="", profile=True, quiet=True)
-    return cfg
+    """The config as ``distnet train`` resolves it, with calibrate's settings, validated once."""
+    flags = [(f"--data {args.data}", {"data": {"path": args.data}})] if args.data else []
+    return C.load(args.config, args.set, [*flags, ("distnet calibrate", OVERRIDES)])
+
+
+def check_args(args, out=True):
+    """Every check of the command line before any work: (per-rank batches, config); ``out``: also that --out
+    can be written (the writing rank's check: another host may not see that folder)."""
+    batches = parse_batches(args.batches)
+    if not (math.isfinite(args.budget) and args.budget > 0):
+        raise UserError(f"--budget {args.budget}: give a positive number of seconds")
+    cfg = base_config(args)
+    if out:
+        check_out(args.out)
+    return batches, cfg
 
 
 def _config_at(cfg, batch, steps):
-    out = json.loads(json.dumps(cfg))
-    out["train"].update(batch_size=batch, max_steps=steps, log_every=steps, epochs=max(out["train"]["epochs"], steps))
-    return C.validate(out) or out
+    """A new config (``cfg`` is not changed): ``cfg`` at global ``batch``, for ``steps`` steps."""
+    return C.derive(cfg, {"train": dict(batch_size=batch, max_steps=steps, log_every=steps,
+                                        epochs=max(cfg["train"]["epochs"], steps))}, f"distnet calibrate at {batch}")
 
 
 def compute(w, cfg, batches, budget, train_size, notes):
@@ -232,7 +248,7 @@ def check_out(path):
     if not path.parent.is_dir():
         what = "is not a folder" if path.parent.exists() else "does not exist"
         raise UserError(f"--out {path}: its folder {path.parent} {what}: create it or choose another --out")
-    check_file(path, "calibration file", "--out", is_calibration)
+    check_file(path, "calibration file", "--out", is_calibration, replaced=True)  # written by a rename
 
 
 def write(cal, path):
@@ -256,10 +272,7 @@ def run(args):
     w = comm.world()
     threads = set_blas_threads(1)
     try:
-        batches = parse_batches(args.batches)
-        if not args.budget > 0:
-            raise UserError(f"--budget {args.budget}: give a positive number of seconds")
-        cfg = base_config(args)
+        batches, cfg = check_args(args, out=False)
     except UserError as e:  # every rank parses the same: all fail alike, rank 0 says it
         if w.rank == 0:
             print(f"distnet: error: {e}", file=sys.stderr, flush=True)

@@ -172,22 +172,34 @@ def scaling_limit(sm, rows, per_node, steps):
     return None, None, None
 
 
-def run(args):
+def check_args(args):
+    """Every check of the command line before any work (reading the calibration and sweep files aside):
+    (node counts, ranks per node, link rate, latency, the validated config)."""
     nodes = parse_counts(args.nodes, "--nodes")
     text = str(args.ranks_per_node).strip()
     if not text.isdigit() or int(text) < 1:
         raise UserError(f"--ranks-per-node {args.ranks_per_node!r}: give one positive integer, e.g. 32")
-    per_node = int(text)
     link = M.parse_link(args.link) if args.link else None
     latency = M.parse_latency(args.latency) if args.latency else None
+    for flag, value in (("--link", link), ("--latency", latency)):
+        if value is not None and not math.isfinite(value):
+            raise UserError(f"{flag} {getattr(args, flag[2:])!r}: give a finite value")
+    if args.sync not in M.STRATEGIES:
+        hint = " (its messages depend on the matrices and the rank; not modelled yet)" if args.sync == "powersgd" \
+            else ""
+        raise UserError(f"--sync {args.sync}{hint}: plan models {', '.join(M.STRATEGIES)}")
+    if args.batch_sizes:
+        parse_counts(args.batch_sizes, "--batch-sizes")
     if args.out:
-        from ..outputs import check_file, is_png
+        from ..outputs import check_figure
 
-        if not args.out.lower().endswith(".png"):
-            raise UserError(f"--out {args.out}: figures are written as PNG: give a file name ending in .png")
-        check_file(args.out, "figure", "--out", is_png)
-    sets = list(args.set) + ([f"data.path={json.dumps(args.data)}"] if args.data else [])
-    cfg = C.load(args.config, sets=sets)
+        check_figure(args.out)
+    flags = [(f"--data {args.data}", {"data": {"path": args.data}})] if args.data else []
+    return nodes, int(text), link, latency, C.load(args.config, args.set, flags)
+
+
+def run(args):
+    nodes, per_node, link, latency, cfg = check_args(args)
     cals = [M.load(path) for path in args.calibration]
     params, layers = _model_signature(cfg)
     for cal in cals:

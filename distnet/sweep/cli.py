@@ -63,16 +63,35 @@ def add_arguments(p):
     p.add_argument("--no-progress", action="store_true", help="no progress bar over the points")
 
 
-def run(args):
+def check_args(args):
+    """Every check of the command line before any work; the user's validated config (None with --report or
+    --run-point, which read the sweep folder's)."""
+    from ..outputs import check_figures
+    from .figures import FIGURES
+
     if args.report:
         _only(args, "--report")
-        return _report(P.load(args.report), args.report)
+        check_figures(args.report, FIGURES.values(), "--report")
+        return None
     if args.run_point:
         _only(args, "--run-point")
-        return _run_point(*args.run_point, prefix=args.launcher_prefix)
+        return None
     if not args.config or not args.batch_sizes or not args.out:
         raise UserError("distnet sweep needs CONFIG_OR_PRESET, --batch-sizes and --out (or --report DIR)")
-    plan, folder = _plan(args)
+    P.check_args(args)
+    flags = [(f"--data {args.data}", {"data": {"path": args.data}})] if args.data else []
+    base = C.load(args.config, args.set, flags)
+    check_figures(args.out, FIGURES.values(), "--out")
+    return base
+
+
+def run(args):
+    base = check_args(args)
+    if args.report:
+        return _report(P.load(args.report), args.report)
+    if args.run_point:
+        return _run_point(*args.run_point, prefix=args.launcher_prefix)
+    plan, folder = _plan(args, base)
     if args.slurm_array:
         path = launch.slurm_array(plan, folder, args.launcher_prefix)
         print(f"distnet sweep: {len(plan.points)} points; submit with: sbatch {path}\n"
@@ -86,23 +105,21 @@ def _only(args, option):
         raise UserError(f"{option} reads the settings from the sweep folder: give no config, --batch-sizes or --out")
 
 
-def _plan(args):
-    sets = list(args.set) + ([f'data.path="{args.data}"'] if args.data else [])
-    cfg = C.load(args.config, sets=sets)
-    data = Path(C.data_path(cfg))
+def _plan(args, base):
+    """The plan and the sweep's config, derived from the user's validated config ``base`` with what the sweep
+    sets (validated once; ``base`` is not changed), written to the --out folder."""
+    data = Path(C.data_path(base))
     if not data.exists():
         raise UserError(f"dataset folder {data} does not exist: run 'distnet data prepare "
-                        f"{cfg['data']['dataset'] or 'NAME'} --out {data}' or pass --data DIR")
-    cfg["data"]["path"] = str(data.resolve())  # the points run inside the sweep folder
-    if args.target is None:
-        raise UserError("distnet sweep needs --target METRIC=VALUE, e.g. --target accuracy=0.88")
-    plan, cfg = P.make(args, cfg)
+                        f"{base['data']['dataset'] or 'NAME'} --out {data}' or pass --data DIR")
+    plan, over = P.make(args, base)
     for note in plan.notes:
         if note.startswith("left out "):  # the user asked for these pairs: say so now, not only in the report
             print(f"distnet sweep: {note}", file=sys.stderr)
-    for key in ("metrics", "trace"):
-        cfg["log"][key] = ""
-    cfg["checkpoint"].update(dir="", resume=False)
+    over.setdefault("data", {})["path"] = str(data.resolve())  # the points run inside the sweep folder
+    over["log"] = dict(metrics="", trace="")  # each point names its own
+    over["checkpoint"] = dict(dir="", resume=False)
+    cfg = C.derive(base, over, "distnet sweep")
     folder = Path(args.out)
     plan = P.save(folder, plan, cfg)  # a sweep grown by more points: the old ones first, as they were
     return plan, folder
@@ -114,6 +131,16 @@ class _Terminated(Exception):
 
 def _on_term(signum, frame):
     raise _Terminated()
+
+
+def _by(e):
+    """How the sweep was stopped, as its line says it: SIGTERM, Ctrl-C (SIGINT), or SIGUSR1 (Slurm's --signal,
+    raised as ``distnet.signals.Interrupted``)."""
+    from ..signals import name_of
+
+    if isinstance(e, _Terminated):
+        return "SIGTERM"
+    return "Ctrl-C" if name_of(e) == "SIGINT" else name_of(e)
 
 
 def _stopped(by, what):
@@ -141,7 +168,7 @@ def _sweep(plan, folder, args):
     except (KeyboardInterrupt, _Terminated) as e:
         bar.close()
         report.write(plan, folder, figures=False)
-        return _stopped("SIGTERM" if isinstance(e, _Terminated) else "Ctrl-C",
+        return _stopped(_by(e),
                         "finished points are kept, the interrupted one resumes from its checkpoint")
     finally:
         bar.close()
@@ -210,8 +237,7 @@ def _run_point(folder, index, prefix=""):
     try:
         code = launch.run_point(plan, point, folder, prefix)
     except (KeyboardInterrupt, _Terminated) as e:
-        return _stopped("SIGTERM" if isinstance(e, _Terminated) else "Ctrl-C",
-                        f"point {point.name} resumes from its checkpoint")
+        return _stopped(_by(e), f"point {point.name} resumes from its checkpoint")
     if code:
         print(f"distnet sweep: point {point.name} failed (exit {code}):\n{launch.last_error(folder, point)}",
               file=sys.stderr)

@@ -11,8 +11,9 @@ from pathlib import Path
 
 from .. import config as C
 from ..errors import UserError
+from ..nn.schedules import LR_SCALING
 
-RULES = ("none", "linear", "sqrt")
+RULES = tuple(LR_SCALING)  # optimizer.lr_scaling's rules
 # 2: several rank counts (``ranks`` a list, each point its own). A sweep of one rank count is still written
 # in version 1's form, byte for byte, so that its folder resumes with this distnet and older ones alike.
 PLAN_VERSION = 2
@@ -66,7 +67,7 @@ def parse_floats(text, option):
         values = [float(t) for t in text.split(",") if t.strip()]
     except ValueError:
         values = []
-    if not values or min(values) <= 0 or len(set(values)) != len(values):
+    if not values or not all(math.isfinite(v) and v > 0 for v in values) or len(set(values)) != len(values):
         raise UserError(f"{option} {text!r}: expected distinct positive numbers separated by commas, e.g. 0.5,1,2")
     return values
 
@@ -158,29 +159,38 @@ def fitting_sizes(sizes, counts, accumulate):
     return fits, notes
 
 
-def make(args, cfg):
-    """The plan for the command line ``args`` and the resolved config ``cfg`` (adjusted here: the validation
-    split the target needs, no lr scaling of its own); returns (plan, cfg)."""
-    tc, oc, notes = cfg["train"], cfg["optimizer"], []
+def check_args(args):
+    """The sweep's own options, checked before any work: (target, rank counts, batch sizes, lr multipliers)."""
     target = C.parse_target(args.target, "--target")
     if target is None:
         raise UserError("distnet sweep needs --target METRIC=VALUE, e.g. --target accuracy=0.88")
-    if args.split == "val" and not cfg["data"]["val_fraction"]:
-        cfg["data"]["val_fraction"] = 0.1
-        notes.append("data.val_fraction = 0.1 (the config held out no validation split for the target)")
-    if cfg["data"]["val_fraction"] and args.split == "test":
-        notes.append("the target is measured on the test split although a validation split is held out")
     counts = parse_ranks(args.ranks)
-    epochs = args.epochs or tc["epochs"]
-    if epochs < 1:
-        raise UserError(f"--epochs {epochs}: give at least 1")
+    if args.epochs is not None and args.epochs < 1:
+        raise UserError(f"--epochs {args.epochs}: give at least 1")
     if not 0 < args.resolution < 1:
         raise UserError(f"--resolution {args.resolution}: give a fraction such as 0.03 (3 %)")
     sizes = parse_batch_sizes(args.batch_sizes)
-    fits, left_out = fitting_sizes(sizes, counts, tc["accumulate"])
     mults = parse_floats(args.lr_grid, "--lr-grid")
     if args.repeats < 1:
         raise UserError(f"--repeats {args.repeats}: give at least 1")
+    return target, counts, sizes, mults
+
+
+def make(args, base):
+    """(plan, overrides) for the command line ``args`` and the user's validated config ``base``: the plan, and
+    what the sweep changes in the config (the validation split the target needs, no lr scaling of its own)
+    as a nested dict for ``config.derive``; ``base`` itself is not changed."""
+    tc, oc, notes, over = base["train"], base["optimizer"], [], {}
+    target, counts, sizes, mults = check_args(args)
+    val_fraction = base["data"]["val_fraction"]
+    if args.split == "val" and not val_fraction:
+        val_fraction = 0.1
+        over["data"] = {"val_fraction": val_fraction}
+        notes.append("data.val_fraction = 0.1 (the config held out no validation split for the target)")
+    if val_fraction and args.split == "test":
+        notes.append("the target is measured on the test split although a validation split is held out")
+    epochs = args.epochs or tc["epochs"]
+    fits, left_out = fitting_sizes(sizes, counts, tc["accumulate"])
     # The config's own lr scaling would scale again: the sweep states each point's rate itself.
     # a config with batch_size = "auto" starts at batch_min: the rate it gives is the rate at that batch
     base_batch = tc["batch_size"] if isinstance(tc["batch_size"], int) else tc["batch_min"]
@@ -189,7 +199,7 @@ def make(args, cfg):
         base_batch = oc["base_batch"]
         notes.append(f"optimizer.lr_scaling = none (the sweep scales the rate by --lr-rule {args.lr_rule} "
                      f"from lr {base_lr:g} at batch {base_batch})")
-        oc["lr_scaling"] = "none"
+        over["optimizer"] = {"lr_scaling": "none"}
     points = []
     for ranks in counts:  # rank counts outermost: a Slurm array's tasks of one count are one index range
         ok = fits[ranks]
@@ -206,13 +216,13 @@ def make(args, cfg):
                 base_batch=base_batch, base_lr=base_lr, target=f"{target[0]}={target[1]:g}", split=args.split,
                 epochs=epochs, resolution=args.resolution, full_curves=args.full_curves, points=points,
                 notes=notes + left_out)
-    train_size = _train_size(cfg)
+    train_size = _train_size(base, val_fraction)
     for p in points:
         p.args = point_args(plan, p, train_size, fits[p.ranks][-1])
-    return plan, cfg
+    return plan, over
 
 
-def _train_size(cfg):
+def _train_size(cfg, val_fraction):
     """Samples in the training split after the validation hold-out (for the evaluation cadence)."""
     from ..data import open_dataset
 
@@ -223,7 +233,7 @@ def _train_size(cfg):
     except Exception as e:  # noqa: BLE001 - a broken dataset is the user's to fix
         raise UserError(f"{C.data_path(cfg)}: cannot open the dataset ({e}): prepare it with distnet data "
                         "prepare") from None
-    return n - int(round(n * cfg["data"]["val_fraction"]))
+    return n - int(round(n * val_fraction))
 
 
 def point_args(plan, p, train_size, largest):

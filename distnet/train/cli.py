@@ -6,6 +6,7 @@ import sys
 from .. import blas, comm
 from .. import config as C
 from ..errors import UserError
+from ..metrics import progress_mode
 
 
 def add_arguments(p):
@@ -57,34 +58,41 @@ FLAGS = {"data": "data.path", "epochs": "train.epochs", "batch_size": "train.bat
          "profile": "log.profile", "trace": "log.trace", "quiet": "log.quiet", "progress": "log.progress"}
 
 
-def flag_sets(args):
-    """``--set`` items for the flags given on the command line (after the user's own --set items, so flags
-    win), values in TOML syntax."""
+def flag_overrides(args):
+    """(source, {section: {key: value}}) for each flag given on the command line, as argparse typed it; merged
+    after the user's --set items, so flags win."""
     out = []
     for flag, key in FLAGS.items():
         value = getattr(args, flag, None)
         if value is None or value is False:
             continue
-        if isinstance(value, str):
-            value = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        elif isinstance(value, bool):
-            value = "true"
-        out.append(f"{key}={value}")
+        section, name = key.split(".", 1)
+        option = "--" + flag.replace("_", "-")
+        out.append((option if value is True else f"{option} {value}", {section: {name: value}}))
     return out
 
 
 def resolve(args):
-    return C.load(args.config, sets=list(args.set) + flag_sets(args))
+    """The config this command line runs, validated once: the file or preset, the --set items, the flags, and
+    log.progress "auto" settled (DISTNET_PROGRESS, else whether stderr is a terminal), so that the config
+    (--print-config, the checkpoint's copy) is the whole run."""
+    cfg = C.resolve(args.config, args.set, flag_overrides(args))
+    if cfg["log"]["progress"] == "auto":
+        C.merge(cfg, {"log": {"progress": progress_mode("auto")}}, "DISTNET_PROGRESS or the terminal")
+    return C.validate(cfg)
+
+
+def check_args(args):
+    """Every check of the command line before any work (what --print-config runs): the resolved config."""
+    return resolve(args)
 
 
 def run(args):
-    from ..metrics import progress_mode
     from .loop import train
 
     w = comm.world()
     try:
-        cfg = resolve(args)  # every rank parses the same file: all fail alike, no collective needed
-        cfg["log"]["progress"] = progress_mode(cfg["log"]["progress"])  # DISTNET_PROGRESS, the terminal
+        cfg = check_args(args)  # every rank parses the same file: all fail alike, no collective needed
     except UserError as e:
         if w.rank == 0:
             print(f"distnet: error: {e}", file=sys.stderr, flush=True)

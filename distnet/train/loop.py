@@ -68,12 +68,13 @@ class Result:
     run: object = None  # the finished run (its model, steps per epoch, ...)
 
 
-def observers_for(run, about=None, signals=None):
-    """The standard observers of ``distnet train``, in the order they must hear of each event."""
+def observers_for(run, about=None, signals=None, more=()):
+    """The standard observers of ``distnet train``, in the order they must hear of each event, then ``more``
+    (the caller's own); every one of them may add fields to the train lines (``Observer.on_train_line``)."""
     lc, tc = run.cfg["log"], run.cfg["train"]
     timer = StepTimer(run.world, enabled=lc["profile"], trace_path=lc["trace"] or None) \
         if lc["profile"] or lc["trace"] else None
-    log = Log(run, timer=timer, about=about)
+    log = Log(run, about=about)
     checkpoints = Checkpoints(run)
     chain = [FaultInjector.from_env(run.world.rank), *([signals] if signals else []), *([timer] if timer else []),
              log, Evaluation(run, log)]
@@ -83,7 +84,8 @@ def observers_for(run, about=None, signals=None):
         chain.append(EarlyStop(run, checkpoints, log))
     if run.auto:
         chain.append(AutoBatch(run, log))  # before checkpoints: an epoch-end checkpoint holds the new batch
-    return chain + [checkpoints]
+    log.observers = chain = [*chain, checkpoints, *more]
+    return [*chain, log.closer]  # last: the train line, once every observer heard of the step
 
 
 def train(cfg, blas_threads=None, observers=()):
@@ -114,7 +116,7 @@ def _train(w, cfg, blas_threads, observers, signals):
     check_same_data(run, about["hosts"])
     comm.sync.attach(w, run.sync)  # what the strategy needs of the other ranks (shared memory), now all set up
     comm.check_replicas(w, run.model, "at the start")
-    observers = observers_for(run, about, signals) + list(observers)
+    observers = observers_for(run, about, signals, observers)
     try:
         loop(run, observers)
     finally:

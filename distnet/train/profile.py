@@ -53,6 +53,9 @@ class StepTimer(Observer):
     def on_step(self, run, stats):
         self.end_step(stats.step)
 
+    def on_train_line(self, run, fields):
+        fields.update(self.summary())
+
     # -- the clock --------------------------------------------------------------------------------------
     def mark(self, phase):
         now = time.perf_counter()

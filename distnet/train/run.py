@@ -96,10 +96,7 @@ class Run:
     def set_batch(self, batch):
         """Change the global batch at an epoch boundary (or to a checkpoint's): the sampler cuts each epoch's
         order, which depends on (seed, epoch) only, into batches of the new size from the next epoch on."""
-        from ..data import Sampler
-
-        s = self.sampler
-        self.sampler = Sampler(s.num_samples, batch, s.rank, s.world_size, s.seed, s.drop_last)
+        self.sampler = self.sampler.with_batch(batch)
         self.global_batch, self.steps_per_epoch = batch, self.sampler.steps_per_epoch
         pos = self.pos
         self.total_steps = pos.global_step - pos.step_in_epoch + (self.epochs - pos.epoch) * self.steps_per_epoch
@@ -170,10 +167,6 @@ def setup(cfg, w):
     B, k, p = tc["batch_size"], tc["accumulate"], w.size
     if B == "auto":  # the smallest multiple of ranks x micro-steps at or above batch_min
         B = -(-tc["batch_min"] // (p * k)) * p * k
-    if tc["noise_every"] < 0:
-        raise ConfigError(f"train.noise_every = {tc['noise_every']}: use a step count >= 1, or 0 for no noise scale")
-    if not 0 <= tc["noise_decay"] < 1:
-        raise ConfigError(f"train.noise_decay = {tc['noise_decay']}: use a decay in [0, 1), e.g. 0.99")
     if B % (p * k):
         raise ConfigError(f"global batch {B} is not divisible by ranks x accumulation steps = {p} x {k}: "
                           f"choose a batch size that is a multiple of {p * k}")
@@ -195,7 +188,8 @@ def setup(cfg, w):
     train_split, val_split = ds["train"], None
     if cfg["data"]["val_fraction"] > 0:
         train_split, val_split = holdout(train_split, cfg["data"]["val_fraction"], tc["seed"])
-    sampler = Sampler(len(train_split), B, w.rank, p, tc["seed"])
+    sampler = Sampler(len(train_split), B, w.rank, p, tc["seed"],
+                      **{k: cfg["data"][k] for k in ("order", "block_size", "block_window")})
     augment = None
     if cfg["data"]["augment_shift"] or cfg["data"]["augment_flip"]:
         augment = Augment(cfg["data"]["augment_shift"], cfg["data"]["augment_flip"], seed=tc["seed"])
@@ -245,23 +239,21 @@ def check_same_data(run, hosts):
 
 
 def check_outputs(cfg, w):
-    """Rank 0 (the one that writes) checks before training that the checkpoint folder and the metrics and
-    trace files can be written, and that nothing is lost: a fresh run does not write into an earlier run's
-    checkpoints (its ``prune`` would delete them, or keep theirs over its own)."""
+    """Rank 0 (the one that writes) checks before training that every output the config names (its
+    ``Output`` keys: the checkpoint folder, the metrics and trace files) can be written, and that nothing is
+    lost: a fresh run does not write into an earlier run's checkpoints (its ``prune`` would delete them, or
+    keep theirs over its own)."""
     if w.rank != 0:
         return
-    cc, lc = cfg["checkpoint"], cfg["log"]
+    for _, path, spec in C.outputs(cfg):
+        outputs.check_output(path, spec)
+    cc = cfg["checkpoint"]
     if cc["dir"]:
-        outputs.check_folder(cc["dir"], "checkpoint folder", "--checkpoint-dir")
         found = ckpt.list_checkpoints(cc["dir"])
         if found and not cc["resume"]:
             raise UserError(f"checkpoint folder {cc['dir']} already holds {len(found)} checkpoint(s) of an "
                             f"earlier run (newest {found[-1].name}): continue it with --resume, or choose another "
                             "--checkpoint-dir")
-    if lc["metrics"]:
-        outputs.check_file(lc["metrics"], "metrics file", "--metrics", outputs.is_metrics)
-    if lc["trace"]:
-        outputs.check_file(lc["trace"], "trace file", "--trace", outputs.is_trace)
 
 
 def resume(run):

@@ -3,23 +3,17 @@ parameters (bitwise where the sums are), resumable on any rank count, optimizer 
 
 import textwrap
 
-import h5py
 import numpy as np
 import pytest
 
 from distnet.comm.sync.zero import parts
 
-from ..helpers import last_ckpt, metrics, run_python_mpi, train
+from ..helpers import checkpoint_state as state
+from ..helpers import metrics, run_python_mpi, train
 
 pytestmark = pytest.mark.mpi
 
 F64 = ["--batch-size", "96", "--set", "model.dtype=float64"]
-
-
-def state(folder):
-    with h5py.File(last_ckpt(folder), "r") as f:
-        return {k: v[...] for k, v in f["model"].items() if k == "params"} | \
-            {k: v[...] for k, v in f["optimizer"].items()} | dict(f["optimizer"].attrs)
 
 
 def test_parts_are_consecutive_and_uneven():

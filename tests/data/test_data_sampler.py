@@ -101,3 +101,119 @@ def test_eval_partition_covers_each_sample_once(n, p):
     np.testing.assert_array_equal(np.concatenate(parts), np.arange(n))
     sizes = [len(x) for x in parts]
     assert max(sizes) - min(sizes) <= 1
+
+
+BLOCKS = dict(order="blocks", block_size=16, block_window=4)
+
+
+def test_the_default_order_is_unchanged():
+    # the default is today's order bit for bit: a plain permutation from (seed, epoch)
+    for kw in ({}, {"order": "random"}, {"order": "random", "block_size": 3, "block_window": 5}):
+        np.testing.assert_array_equal(Sampler(1003, 32, seed=7, **kw).global_order(2),
+                                      np.random.default_rng([7, 2]).permutation(1003))
+    assert Sampler(1003, 32).state(0, 0)["order"] == "random"
+
+
+def closed_segments(order, size):
+    """The order cut wherever every block begun since the last cut is complete: the blocks of each piece."""
+    n = len(order)
+    lengths = np.minimum(size, n - np.arange(-(-n // size)) * size)
+    pieces, piece, left = [], set(), {}
+    for row in order.tolist():
+        b = row // size
+        left[b] = left.get(b, lengths[b]) - 1
+        piece.add(b)
+        if not left[b]:
+            del left[b]
+        if not left:
+            pieces.append(piece)
+            piece = set()
+    return pieces
+
+
+@pytest.mark.parametrize("n,size,window", [(1003, 16, 4), (1024, 16, 4), (1000, 7, 3), (100, 256, 16),
+                                           (65, 8, 8), (64, 1, 1), (17, 1, 5), (300, 10, 1)])
+def test_block_order_is_a_permutation_of_blocks_shuffled_within_windows(n, size, window):
+    s = Sampler(n, 8, seed=3, order="blocks", block_size=size, block_window=window)
+    for epoch in (0, 1):
+        order = s.global_order(epoch)
+        assert order.dtype == np.int64 and sorted(order) == list(range(n))  # every sample once per epoch
+        # the order is whole blocks of consecutive rows, at most WINDOW of them mixed at a time
+        pieces = closed_segments(order, size)
+        assert max(len(p) for p in pieces) <= window
+        if window > 1 and size > 1 and n > size:
+            assert max(len(p) for p in pieces) > 1
+        if window == 1:  # one block at a time, shuffled within
+            assert all(len(p) == 1 for p in pieces) and len(pieces) == -(-n // size)
+    assert not np.array_equal(s.global_order(0), s.global_order(1))
+
+
+def test_block_order_reads_blocks_and_shuffles_within_windows():
+    s = Sampler(4096, 128, seed=1, order="blocks", block_size=256, block_window=4)
+    order = s.global_order(0)
+    # a global batch comes from at most 2 windows = 8 blocks of the file
+    assert max(len(np.unique(order[i:i + 128] // 256)) for i in range(0, 4096, 128)) <= 8
+    assert not np.array_equal(order[:1024], np.sort(order[:1024]))  # shuffled within the window
+    assert len(np.unique(order[:1024] // 256)) == 4  # ... and the window is 4 whole blocks
+
+
+def test_block_order_depends_on_the_seed_epoch_and_settings_only():
+    one = Sampler(1003, 32, seed=5, **BLOCKS)
+    np.testing.assert_array_equal(one.global_order(3), Sampler(1003, 64, rank=1, world_size=4, seed=5,
+                                                               **BLOCKS).global_order(3))
+    assert not np.array_equal(one.global_order(3), Sampler(1003, 32, seed=6, **BLOCKS).global_order(3))
+    assert not np.array_equal(one.global_order(3), Sampler(1003, 32, seed=5, order="blocks", block_size=16,
+                                                           block_window=2).global_order(3))
+
+
+@pytest.mark.parametrize("n,b,p", [(1003, 32, 4), (1000, 8, 2), (100, 100, 4)])
+def test_block_order_batches_are_independent_of_the_rank_count(n, b, p):
+    reference = Sampler(n, b, 0, 1, seed=2, **BLOCKS)
+    ranks = samplers(n, b, p, seed=2, **BLOCKS)
+    per_rank = [list(s.epoch_batches(1)) for s in ranks]
+    for step in range(n // b):
+        np.testing.assert_array_equal(np.concatenate([per_rank[r][step][1] for r in range(p)]),
+                                      reference.batch_indices(1, step))
+
+
+def test_block_order_resumes_on_the_same_batches_and_keeps_its_order_on_a_new_batch_size():
+    n, b, epoch, step = 1003, 32, 2, 11
+    before = samplers(n, b, 2, **BLOCKS)
+    state = before[0].state(epoch, step)
+    assert state["order"] == "blocks" and state["block_size"] == 16 and state["block_window"] == 4
+    after = samplers(n, b, 4, **BLOCKS)
+    assert [s.check_state(state) for s in after] == [(epoch, step)] * 4
+    got = [np.concatenate([run[i][1] for run in [list(s.epoch_batches(epoch, step)) for s in after]])
+           for i in range(n // b - step)]
+    np.testing.assert_array_equal(np.concatenate(got), before[0].global_order(epoch)[step * b:(n // b) * b])
+    grown = before[1].with_batch(64)
+    assert (grown.order_options, grown.rank, grown.global_batch) == (before[1].order_options, 1, 64)
+    np.testing.assert_array_equal(grown.global_order(epoch), before[1].global_order(epoch))
+
+
+@pytest.mark.parametrize("saved,now", [({}, BLOCKS), (BLOCKS, {}),
+                                       (BLOCKS, dict(BLOCKS, block_size=32)),
+                                       (BLOCKS, dict(BLOCKS, block_window=8))])
+def test_resume_with_another_order_is_refused(saved, now):
+    state = Sampler(1000, 32, seed=3, **saved).state(1, 5)
+    with pytest.raises(ConfigError, match="cannot resume: the saved position was written with --set "
+                                          "data.order=") as e:
+        Sampler(1000, 32, seed=3, **now).check_state(state)
+    assert e.value.exit_code == 2 and "\n" not in str(e.value)
+    assert str(e.value).endswith(" ".join(f'--set data.{k}={v!r}'.replace("'", '"')
+                                          for k, v in Sampler(1000, 32, **saved).order_state().items()))
+
+
+def test_a_position_saved_before_orders_existed_still_resumes():
+    state = Sampler(1000, 32, seed=3).state(1, 5)
+    del state["order"]
+    assert Sampler(1000, 32, seed=3).check_state(state) == (1, 5)
+
+
+@pytest.mark.parametrize("kw,message", [({"order": "sorted"}, "data.order 'sorted' is not one of random, blocks"),
+                                        ({"block_size": 0}, "data.block_size = 0: use a whole number >= 1"),
+                                        ({"block_window": 1.5}, "data.block_window = 1.5: use a whole number")])
+def test_bad_order_settings_are_user_errors(kw, message):
+    with pytest.raises(ConfigError, match=message) as e:
+        Sampler(1000, 32, **kw)
+    assert e.value.exit_code == 2

@@ -25,15 +25,71 @@ The local squared norm (the gradient noise scale's small-batch term) must be tak
 arena just before that part is summed in place, so it is the strategy's job: ``_local(sl)`` before a slice
 is sent, ``_send_stats()`` once every slice has been seen (the stats then leave last, with the last
 gradients, instead of at ``begin``).
+
+Each module of this folder registers its strategies at import (``register``: the name, the ``[comm]`` option
+keys, the constructor, what ``auto`` makes of it and what it promises); the package imports every module, so
+a new strategy is one new module.
 """
 
 import time
 from collections import namedtuple
+from dataclasses import dataclass
 
 import numpy as np
 
+from ...schema import Key
+
 # pieces: [(lo, hi), ...] row ranges of dW in the order to compute them; done(lo, hi) after each
 Rows = namedtuple("Rows", "pieces done")
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """A registered strategy: what ``comm.sync = NAME`` builds, the ``[comm]`` keys it reads, what it promises.
+
+    ``build(w, model, opts)`` returns the ``Sync`` (``opts``: the config's value of each of ``keys``, the
+    default where a ``[comm]`` table lacks one). ``keys``: option name -> ``distnet.schema.Key`` (type,
+    default, bounds); a key several strategies read is declared alike by each. ``auto(w, model)``: a
+    preference (the highest wins, ties in registration order) when ``comm.sync = "auto"`` may take this
+    strategy on this rank, else None; without it ``auto`` never takes it (no collective: setup holds none).
+    ``one_rank(w, model, opts)``: what it builds on one rank, where nothing is sent (None: ``build``).
+    ``exact``: the summed gradient is the true sum, to rounding (False: lossy, ``error`` its documented
+    relative error per element and step, None where no such bound holds). ``resumable``: everything it keeps
+    across steps is in the checkpoint (or nothing is), so a resumed run is bitwise an uninterrupted one."""
+
+    name: str
+    build: object
+    keys: dict
+    auto: object = None
+    one_rank: object = None
+    exact: bool = True
+    error: float = None
+    resumable: bool = True
+
+
+STRATEGIES = {}  # name -> Strategy, in registration order: comm.sync's names ("auto" aside)
+OPTIONS = {}  # option key -> Key: every registered strategy's [comm] keys (config's [comm] table reads it live)
+
+
+def register(name, build, keys=None, **promises):
+    """Register strategy ``name`` (see ``Strategy`` for ``build``, ``keys`` and the rest); returns the
+    ``Strategy``. Every module in ``distnet/comm/sync/`` is imported by the package, so a module that calls
+    this at import is a new ``comm.sync`` name with nothing else edited; code outside the package (a plugin,
+    a test) calls it before building a config that names the strategy."""
+    keys = dict(keys or {})
+    if not isinstance(name, str) or not name.isidentifier() or name == "auto":
+        raise ValueError(f"strategy name {name!r}: a word other than 'auto'")
+    if name in STRATEGIES:
+        raise ValueError(f"strategy {name!r} is registered already")
+    for key, spec in keys.items():
+        if not isinstance(spec, Key):
+            raise TypeError(f"strategy {name!r}: option {key!r} must be a distnet.schema.Key, got {spec!r}")
+        if OPTIONS.get(key, spec) != spec:
+            raise ValueError(f"strategy {name!r} declares comm.{key} as {spec}, another one as {OPTIONS[key]}")
+    strategy = Strategy(name, build, keys, **promises)
+    STRATEGIES[name] = strategy
+    OPTIONS.update(keys)
+    return strategy
 
 
 class Sync:
@@ -130,3 +186,6 @@ class Flat(Sync):
             self.grads += self.accum
         self._send_stats()
         self.w.allreduce(self.grads)
+
+
+register("flat", lambda w, model, opts: Flat(w, model), {})  # one allreduce after backward: the reference

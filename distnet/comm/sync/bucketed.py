@@ -1,6 +1,23 @@
 """Bucketed, overlapped allreduce: each bucket of the arena is sent as soon as backward has finished it."""
 
-from .base import Rows, Sync
+from ...schema import NUM, Key
+from .base import Flat, Rows, Sync, register
+
+# the [comm] keys of every strategy that sends the arena in buckets (bucketed, zero, fp16, bf16, powersgd)
+SIZES = {
+    "bucket_mb": Key(NUM, 1.0, gt=0),  # gradient bucket size
+    "split_mb": Key(NUM, 0.25, ge=0),  # send the first layer's dW in row blocks of this size (0 = whole)
+}
+
+
+def sizes(opts):
+    """``Bucketed``'s size arguments from the ``SIZES`` options."""
+    return dict(bucket_bytes=int(opts["bucket_mb"] * 2 ** 20), split_bytes=int(opts["split_mb"] * 2 ** 20))
+
+
+def plain(w, model, opts):
+    """The plain bucketed step (what a strategy that sends buckets is on one rank, where nothing is sent)."""
+    return Bucketed(w, model, **sizes(opts))
 
 
 class Bucketed(Sync):
@@ -111,3 +128,8 @@ class Bucketed(Sync):
             self._start(sl)
         elif self.reqs:
             self.w.testall(self.reqs)
+
+
+register("bucketed", lambda w, model, opts: plain(w, model, opts) if opts["overlap"] else Flat(w, model),
+         {**SIZES, "overlap": Key(bool, True)},  # overlap: start each bucket's allreduce during backward
+         auto=lambda w, model: 0)  # auto's choice where shm does not fit

@@ -24,16 +24,22 @@ Exactness: each rank's contribution is rounded to the format (relative error 2^-
 fp16 also drops elements under 2^-28 of their bucket's norm),
 so the trajectory is no longer the 1-rank one. With ``error_feedback`` each rank keeps what rounding dropped
 (its residual) and adds it to the next step's gradient, so nothing is lost over steps, only delayed; the
-residual is not checkpointed (a resumed run starts it at zero).
+residual is not checkpointed (a resumed run starts it at zero), and a bucket that is not finite (its step will be
+skipped) leaves a zero residual, not a NaN that would make every later step non-finite too.
 """
 
 import math
 
 import numpy as np
 
-from .bucketed import Bucketed
+from ...schema import Key
+from .base import register
+from .bucketed import SIZES, Bucketed, plain, sizes
 
 FORMATS = ("fp16", "bf16")
+# fp16/bf16/powersgd: carry what compression dropped to the next step
+FEEDBACK = {"error_feedback": Key(bool, True)}
+ERROR = {"fp16": 2.0 ** -11, "bf16": 2.0 ** -8}  # relative rounding error of each rank's contribution
 SMALLEST_NORMAL = np.float32(2.0 ** -14)  # fp16's; below it fp16 is subnormal
 
 
@@ -64,8 +70,10 @@ class Compressed(Bucketed):
         if self.residual is not None:
             g += self.residual[sl]
         row = wire[self.w.rank]
-        self.compress(g, row, self.f32[sl], None if self.u32 is None else self.u32[sl])
-        if self.residual is not None:  # what rounding dropped: g - decompress(row)
+        finite = self.compress(g, row, self.f32[sl], None if self.u32 is None else self.u32[sl])
+        if self.residual is not None and not finite:  # the step will be skipped: carry nothing (not NaN)
+            self.residual[sl] = 0
+        elif self.residual is not None:  # what rounding dropped: g - decompress(row)
             np.subtract(g, self.decompress(row, self.f32[sl], None if self.u32 is None else self.u32[sl]),
                         out=self.residual[sl])
         self.reqs.append(self.w.iallgather(wire.reshape(-1), [wire.shape[1]] * self.w.size))
@@ -84,7 +92,8 @@ class Compressed(Bucketed):
         self.sent = []
 
     def compress(self, x, row, f32, u32):
-        """Round ``x`` into ``row`` (its values, then the float32 scale in the last two slots)."""
+        """Round ``x`` into ``row`` (its values, then the float32 scale in the last two slots); returns whether
+        ``x`` is finite (from the squared norm that the format needs anyway)."""
         values, scale = row[:-2], row[-2:].view(np.float32)
         if self.fmt == "fp16":
             sq = float(np.dot(x, x))
@@ -95,7 +104,7 @@ class Compressed(Bucketed):
             np.less(np.abs(f32, out=self.abs[:f32.size]), SMALLEST_NORMAL, out=tiny)
             np.copyto(f32, 0, where=tiny)
             values.view(np.float16)[...] = f32
-            return
+            return math.isfinite(sq)
         scale[0] = 1.0
         if x.dtype != np.float32:
             f32[...] = x
@@ -109,6 +118,8 @@ class Compressed(Bucketed):
         values[...] = u32
         if not math.isfinite(float(np.dot(x, x))):  # NaNs whose low bits carry past 0xFFFF wrap: keep them NaN
             values[np.isnan(x)] = 0x7FC0
+            return False
+        return True
 
     def decompress(self, row, f32, u32):
         """The float32 values ``row`` holds (in ``f32`` for fp16, a view of ``u32`` for bf16)."""
@@ -120,3 +131,13 @@ class Compressed(Bucketed):
             u32 <<= 16
             return u32.view(np.float32)
         return f32
+
+
+def _build(fmt):
+    return lambda w, model, opts: Compressed(w, model, fmt, error_feedback=opts["error_feedback"], **sizes(opts))
+
+
+for _fmt in FORMATS:
+    # not resumable: the residual is not checkpointed (error feedback starts again from zero)
+    register(_fmt, _build(_fmt), {**SIZES, **FEEDBACK}, one_rank=plain, exact=False, error=ERROR[_fmt],
+             resumable=False)

@@ -24,8 +24,10 @@ and the step count are not checkpointed: a resumed run warms up again from a fre
 import numpy as np
 
 from ...blas import subtract_product
-from .base import Sync
-from .bucketed import Bucketed
+from ...schema import Key
+from .base import Sync, register
+from .bucketed import SIZES, Bucketed, plain, sizes
+from .compressed import FEEDBACK
 
 
 class PowerSGD(Sync):
@@ -174,3 +176,14 @@ class _Matrix:
         in one gemm."""
         if self.e is not None:
             subtract_product(self.e, self.P, self.Q)
+
+
+register("powersgd",
+         lambda w, model, opts: PowerSGD(w, model, rank=opts["powersgd_rank"], warmup=opts["powersgd_warmup"],
+                                         min_size=opts["powersgd_min_size"],
+                                         error_feedback=opts["error_feedback"], **sizes(opts)),
+         {**SIZES, **FEEDBACK,
+          "powersgd_rank": Key(int, 4, ge=1),  # the rank of each matrix gradient's approximation
+          "powersgd_warmup": Key(int, 10, ge=0),  # steps sent uncompressed first
+          "powersgd_min_size": Key(int, 4096, ge=0)},  # matrices with fewer elements are sent uncompressed
+         one_rank=plain, exact=False, resumable=False)  # Q, the residuals and the step count: not checkpointed

@@ -23,11 +23,28 @@ parameters are bitwise those of ``bucketed`` and ``zero``; on more ranks MPI may
 the results agree to rounding. Only for ranks on one host (``comm.sync = "zero"`` across hosts).
 """
 
+import os
+
 import numpy as np
 
 from ...errors import ConfigError
-from .base import Sync
+from .base import Sync, register
+from .bucketed import SIZES, plain
 from .zero import Sharded, ShardedOptimizer, parts
+
+
+def shared_memory_fits(w, model, path="/dev/shm"):
+    """Whether ``auto`` takes ``shm`` on this rank: every rank on one host, and room in its shared memory for
+    the parameter arena and one gradient arena per rank, twice over (a container's /dev/shm may be 64 MiB).
+    No communication (setup may hold no collective): ``attach`` checks that every rank took the same."""
+    if w.size == 1 or w.local_size != w.size:
+        return False
+    try:
+        st = os.statvfs(path)
+        free = st.f_bavail * st.f_frsize
+    except OSError:
+        free = 0
+    return free >= 2 * (w.size + 1) * model.params_flat.nbytes
 
 
 class SharedMemory(Sharded, Sync):
@@ -98,3 +115,7 @@ class SharedOptimizer(ShardedOptimizer):
 
 
 SharedMemory.optimizer_class = SharedOptimizer
+
+# auto: preferred to bucketed (0) wherever it fits; SIZES: the plain bucketed step's, on one rank
+register("shm", lambda w, model, opts: SharedMemory(w, model), SIZES, one_rank=plain,
+         auto=lambda w, model: 1 if shared_memory_fits(w, model) else None)

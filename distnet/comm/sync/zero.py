@@ -21,7 +21,8 @@ bytes of an allreduce, and the allgather the other half: the same traffic, less 
 import numpy as np
 
 from ...errors import ConfigError
-from .bucketed import Bucketed
+from .base import register
+from .bucketed import SIZES, Bucketed, plain, sizes
 
 
 def parts(n, p):
@@ -134,3 +135,5 @@ class ShardedOptimizer:
 
 
 Zero.optimizer_class = ShardedOptimizer
+
+register("zero", lambda w, model, opts: Zero(w, model, **sizes(opts)), SIZES, one_rank=plain)

@@ -2,6 +2,11 @@
 
 
 class Observer:
+    def on_train_line(self, run, fields):
+        """A train line is about to be written: ``fields`` (a dict: step, loss, accuracy, ...) takes this
+        observer's additions, e.g. a per-step metric's mean since the last line. Told on every rank at the
+        same steps (an addition may be collective); rank 0 writes the line."""
+
     def on_start(self, run):
         pass
 
