@@ -131,3 +131,39 @@ def test_the_predict_example_runs(trained, spirals_data):
                        text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert "accuracy" in r.stdout and "sample 0:" in r.stdout
+
+
+def test_write_dataset_from_memory_reads_back_and_checks_like_the_import(tmp_path):
+    from distnet.data import write_dataset
+    from distnet.errors import DataError
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((300, 3)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+    out = write_dataset(tmp_path / "mine", x[:200], y[:200], x[200:], y[200:], class_names=["neg", "pos"])
+    ds = open_dataset(out)
+    assert ds.class_names == ("neg", "pos") and len(ds["train"]) == 200 and len(ds["test"]) == 100
+    xs, ys = stored(out, "test")
+    assert np.array_equal(xs, x[200:]) and np.array_equal(ys, y[200:])
+    with pytest.raises(DataError, match="label 5 of sample 199"):
+        write_dataset(tmp_path / "bad", x[:200], np.r_[y[:199], 5], x[200:], y[200:], class_names=["a", "b"])
+    with pytest.raises(DataError, match="no test split"):
+        write_dataset(tmp_path / "bad", x, y)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]  # nothing else left behind
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_the_csv_example_imports_and_trains_alone_and_on_two_ranks(tmp_path, ranks):
+    import subprocess
+
+    from .helpers import mpiexec_path
+
+    cmd = [sys.executable, str(EXAMPLES / "csv_train.py"), str(tmp_path / "moons")]
+    if ranks > 1:
+        cmd = [mpiexec_path(), "-n", str(ranks), *cmd]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert f"{ranks} rank(s): test accuracy" in r.stdout
+    assert float(r.stdout.split("accuracy ")[1].split()[0]) > 0.9
+    assert (tmp_path / "moons" / "moons.csv").is_file() and open_dataset(tmp_path / "moons" / "data")

@@ -31,6 +31,8 @@ def catalog_match(name, fname, digest):
     """Whether a source file's sum is the catalog's for that file name. The catalog's own word for where its
     sum comes from ("verified": computed from a copy) is left out: beside "checksums: not checked" it read as
     if the file had been both checked and not."""
+    if name not in catalog.names():  # an imported dataset (distnet data import)
+        return "not from the catalog"
     known = {e["name"]: e for e in catalog.get(name).get("files", {}).values()}
     entry = known.get(fname)
     if entry is None or not entry.get("sha256"):
