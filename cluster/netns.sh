@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # A cluster of N "hosts" on one machine, made of Linux network namespaces, to try and test multi-node runs.
 #
-#   cluster/netns.sh up N [--rate RATE]   hosts h1..hN on a switch, 10.77.0.1..N/24; RATE shapes every link
-#                                         with tc tbf (e.g. 1gbit, 100mbit)
+#   cluster/netns.sh up N [--rate RATE] [--subnet A.B.C]
+#                                         hosts h1..hN on a switch, A.B.C.1..N/24 (default 10.77.0, or the
+#                                         next free 10.77.K when another cluster here uses it); RATE shapes
+#                                         every link with tc tbf (e.g. 1gbit, 100mbit)
 #   cluster/netns.sh exec hN CMD...       run CMD "on" host hN (its own network, host name, IPC, PIDs, /dev/shm)
 #   cluster/netns.sh down                 stop everything started here and remove every namespace and link
 #   cluster/netns.sh status | addr hN | bytes hN | kill hN
 #   cluster/netns.sh daemon NAME hN CMD... / stop NAME   a background process on hN, stopped by its pid
+#   cluster/netns.sh list                 every cluster recorded on this machine: prefix, hosts, subnet, owner
+#   cluster/netns.sh reap                 take down every recorded cluster whose owner process has ended
 #
 # Each host is a network namespace "<prefix>-hN" with one veth link "eth0" to a bridge that lives in a namespace
 # of its own ("<prefix>-sw"), so nothing is added to the machine's own network: the addresses exist only inside
@@ -16,7 +20,10 @@
 #
 # Everything this script creates is recorded under $DISTNET_NETNS_STATE/<prefix> (default /run/distnet-netns/dn);
 # `down` removes only what is recorded there, and is safe to run any number of times. Set DISTNET_NETNS to
-# another prefix to keep a second cluster apart (the tests use their own). Needs root, iproute2, util-linux.
+# another prefix to keep a second cluster apart: several clusters share a machine without touching each other
+# (the tests make one per run, with a random prefix). DISTNET_NETNS_OWNER=PID at `up` records an owner: once
+# that process has ended, `reap` takes the cluster down (a test run killed before its teardown leaves nothing
+# for long). Needs root, iproute2, util-linux.
 set -euo pipefail
 
 prefix=${DISTNET_NETNS:-dn}
@@ -33,6 +40,14 @@ need_root() { [ "$(id -u)" = 0 ] || die "must run as root (network namespaces ne
 is_up() { [ -f "$state/hosts" ]; }
 nhosts() { cat "$state/hosts"; }
 subnet() { cat "$state/subnet"; }
+# the subnets of the other clusters recorded on this machine
+subnets_in_use() {
+  local f
+  for f in "$root"/*/subnet; do
+    if [ -f "$f" ] && [ "$f" != "$state/subnet" ]; then cat "$f"; fi
+  done
+  return 0
+}
 
 # host NAME_OR_ADDRESS -> its index N (h2, h2.local, 10.77.0.2 all give 2)
 host_index() {
@@ -47,7 +62,7 @@ host_index() {
 
 cmd_up() {
   need_root
-  local n=${1:-} rate="" subnet=10.77.0
+  local n=${1:-} rate="" subnet=""
   [ $# -gt 0 ] && shift
   while [ $# -gt 0 ]; do
     case $1 in
@@ -59,14 +74,27 @@ cmd_up() {
   case $n in ''|*[!0-9]*|0) die "usage: netns.sh up N [--rate RATE] (N hosts, 1..250)";; esac
   [ "$n" -le 250 ] || die "up: at most 250 hosts"
   is_up && die "a cluster with prefix '$prefix' is already up ($(nhosts) hosts): run cluster/netns.sh down first"
-  local i existing
+  local i existing used
   existing=$(ip netns list | awk '{print $1}')
   for i in $sw $(seq -f "$prefix-h%g" 1 "$n"); do
     if grep -qx "$i" <<<"$existing"; then
       die "namespace $i exists but was not made by this script's state in $state: remove it yourself or set DISTNET_NETNS to another prefix"
     fi
   done
+  mkdir -p "$root"
+  # the state folder is the claim on the prefix: of two `up`s with one prefix at once, the second stops here
+  mkdir "$state" 2>/dev/null || die "prefix '$prefix' is taken (a cluster being made, or the leftovers of one: $state): run cluster/netns.sh down, or set DISTNET_NETNS to another prefix"
+  used=$(subnets_in_use)
+  if [ -z "$subnet" ]; then
+    subnet=10.77.0
+    for i in $(seq 0 255); do grep -qx "10.77.$i" <<<"$used" || { subnet=10.77.$i; break; }; done
+  elif grep -qx "$subnet" <<<"$used"; then
+    rmdir "$state"
+    die "subnet $subnet is used by another cluster on this machine (cluster/netns.sh list): choose another --subnet"
+  fi
+  case $subnet in *[!0-9.]*|*..*|.*|*.) rmdir "$state"; die "--subnet must be A.B.C (three numbers), got '$subnet'";; esac
   mkdir -p "$state/daemons" "$state/logs"
+  [ -z "${DISTNET_NETNS_OWNER:-}" ] || echo "$DISTNET_NETNS_OWNER" > "$state/owner"
   : > "$state/namespaces"
   echo "$subnet" > "$state/subnet"
   trap 'echo "netns.sh: up failed; removing what it made" >&2; cmd_down >&2' EXIT
@@ -229,6 +257,30 @@ cmd_bytes() {  # bytes hN: "RX TX" of the host's link, as counted by the kernel 
   ip netns exec "$prefix-h$n" sh -c 'echo "$(cat /sys/class/net/eth0/statistics/rx_bytes) $(cat /sys/class/net/eth0/statistics/tx_bytes)"'
 }
 
+cmd_list() {  # every cluster recorded under $root
+  local d p owner
+  for d in "$root"/*/; do
+    [ -f "$d/hosts" ] || continue
+    p=$(basename "$d")
+    owner=$(cat "$d/owner" 2>/dev/null || echo -)
+    if [ "$owner" != - ] && ! kill -0 "$owner" 2>/dev/null; then owner="$owner (ended)"; fi
+    echo "$p: $(cat "$d/hosts") host(s), subnet $(cat "$d/subnet" 2>/dev/null || echo ?), owner $owner"
+  done
+}
+
+cmd_reap() {  # take down the clusters whose recorded owner process has ended
+  local d p owner
+  for d in "$root"/*/; do
+    [ -f "$d/owner" ] || continue
+    owner=$(cat "$d/owner")
+    case $owner in ''|*[!0-9]*) continue;; esac
+    kill -0 "$owner" 2>/dev/null && continue
+    p=$(basename "$d")
+    echo "netns.sh: owner $owner of cluster '$p' has ended: taking it down"
+    DISTNET_NETNS=$p "$0" down
+  done
+}
+
 cmd_kill() {  # kill hN: the host vanishes: SIGKILL to every process in its network namespace
   local n pids
   n=$(host_index "$1")
@@ -249,5 +301,7 @@ case $sub in
   bytes) cmd_bytes "${1:?usage: netns.sh bytes hN}";;
   kill) need_root; cmd_kill "${1:?usage: netns.sh kill hN}";;
   state) echo "$state";;
+  list) cmd_list;;
+  reap) need_root; cmd_reap;;
   *) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2;;
 esac

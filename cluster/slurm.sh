@@ -2,15 +2,17 @@
 # Slurm on the namespace hosts of cluster/netns.sh: munged, slurmctld on h1 and one slurmd per host,
 # started by hand (no systemd) and stopped by their pids.
 #
-#   cluster/netns.sh up 2 && cluster/slurm.sh up [--cpus C] [--nodes N]
-#                                    hosts h1..hN (default: all) become nodes of C CPUs each (default: nproc)
+#   cluster/netns.sh up 2 && cluster/slurm.sh up [--cpus C] [--nodes N] [--port P]
+#                                    hosts h1..hN (default: all) become nodes of C CPUs each (default: nproc);
+#                                    slurmctld listens on port P, each slurmd on P+1 (default 6817, 6818)
 #   export SLURM_CONF=$(cluster/slurm.sh conf)
 #   cluster/netns.sh exec h1 sinfo                             clients run on a host (h1 is the login node)
 #   cluster/slurm.sh down                                      (cluster/netns.sh down also stops them)
 #
 # Needs the Debian packages slurmctld slurmd slurm-client munge. The configuration is cluster/slurm.conf.in
 # with this cluster's folders and nodes filled in; munged uses a key and socket of its own, so a system
-# munged, if any, is left alone. Logs: $(cluster/netns.sh state)/slurm/{munge/munged,ctld/slurmctld,hN/slurmd}.log
+# munged, if any, is left alone; every folder is under the cluster's own state (cluster/netns.sh state), so
+# clusters with different DISTNET_NETNS prefixes each run a Slurm of their own. Logs: $(cluster/netns.sh state)/slurm/{munge/munged,ctld/slurmctld,hN/slurmd}.log
 set -euo pipefail
 export PATH=$PATH:/usr/sbin:/sbin  # the daemons live there
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -20,11 +22,12 @@ nsstate=$("$netns" state)
 state=$nsstate/slurm
 
 cmd_up() {
-  local cpus nodes_wanted=""
+  local cpus nodes_wanted="" port=6817
   cpus=$(nproc)
   while [ $# -gt 0 ]; do
     case $1 in
       --cpus) cpus=${2:?--cpus needs a number}; shift 2;;
+      --port) port=${2:?--port needs a number}; shift 2;;
       --nodes) nodes_wanted=${2:?--nodes needs a number}; shift 2;;
       *) die "up: unknown option '$1'";;
     esac
@@ -36,6 +39,8 @@ cmd_up() {
     command -v "$p" > /dev/null || die "$p not found: apt-get install -y slurmctld slurmd slurm-client munge"
   done
   [ ! -e "$state" ] || die "Slurm is already up here ($state): run cluster/slurm.sh down first"
+  case $port in ''|*[!0-9]*) die "--port must be a number, got '$port'";; esac
+  [ "$port" -ge 1024 ] && [ "$port" -le 65534 ] || die "--port must be 1024..65534 (slurmd takes the next one)"
   local n i nodes=""
   n=$(cat "$nsstate/hosts")
   if [ -n "$nodes_wanted" ]; then
@@ -56,7 +61,8 @@ cmd_up() {
     mkdir -p "$state/h$i/spool" "$state/h$i/tmp"
     nodes="${nodes}NodeName=h$i NodeAddr=$("$netns" addr "h$i") CPUs=$cpus RealMemory=1024 State=UNKNOWN"$'\n'
   done
-  sed -e "s|@STATE@|$state|g" -e "s|@ADDR1@|$("$netns" addr h1)|g" "$here/slurm.conf.in" \
+  sed -e "s|@STATE@|$state|g" -e "s|@ADDR1@|$("$netns" addr h1)|g" -e "s|@CTLDPORT@|$port|g" \
+      -e "s|@SLURMDPORT@|$((port + 1))|g" "$here/slurm.conf.in" \
     | awk -v nodes="$nodes" '$0 == "@NODES@" { printf "%s", nodes; next } { print }' > "$state/slurm.conf"
   # Slurm loads a cgroup plugin even with proctrack/linuxproc; v1 starts without the /sys/fs/cgroup
   # that `ip netns exec` hides (its fresh /sys has none), where autodetection fails.

@@ -47,19 +47,31 @@ EXAMPLES = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser with its errors as one line (a UserError: ``distnet: error: distnet train: argument
+    --epochs: invalid int value: 'x' (see distnet train --help)``, exit 2) instead of the usage and a line.
+    Sub-commands' parsers are of this class too (``add_subparsers`` makes its parsers of the parent's)."""
+
+    def error(self, message):
+        raise UserError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
 def _epilog(name):
     return "examples:\n" + "\n".join(f"  {line}" for line in EXAMPLES.get(name, []))
 
 
 def build_parser(argv=()):
     """The parser; only the command named in ARGV is imported (a broken or slow module elsewhere, e.g. an
-    optional benchmark, cannot stop ``distnet train``, and start-up under many ranks stays short)."""
-    parser = argparse.ArgumentParser(prog="distnet", description="Data-parallel NumPy training over MPI.",
-                                     epilog=_epilog(""), formatter_class=argparse.RawDescriptionHelpFormatter)
+    optional benchmark, cannot stop ``distnet train``, and start-up under many ranks stays short), and only
+    its sub-parser is made (all of them without one: ``distnet --help`` lists them)."""
+    parser = _Parser(prog="distnet", description="Data-parallel NumPy training over MPI.",
+                     epilog=_epilog(""), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"distnet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     chosen = next((a for a in argv if not a.startswith("-")), None)
     for name, (module, help_) in COMMANDS.items():
+        if chosen in COMMANDS and name != chosen:
+            continue
         p = sub.add_parser(name, help=help_, description=help_, epilog=_epilog(name),
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         if name == chosen:
@@ -134,15 +146,17 @@ def parse(argv):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    from .signals import stoppable, stopped_line
+
     try:
         args = parse(argv)
-        code = args._run(args)
+        with stoppable():  # SIGINT, SIGTERM, SIGUSR1 stop any command: one line, exit 3 (distnet/signals.py)
+            code = args._run(args)
     except UserError as e:
         print(f"distnet: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("distnet: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C, or signals.Interrupted
+        return stopped_line(e)
     return int(code or 0)
 
 

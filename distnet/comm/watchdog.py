@@ -11,6 +11,9 @@ training step (phase "step") only:
   was last seen: its own answer, or for a silent rank the last collective every rank had joined;
 - after ``abort_s`` (``comm.stall_abort_s``, 0 = never) that rank prints the line again as an error and
   aborts the job (exit 1); the other waiting ranks abort a little later in case it cannot.
+A rank cut off from the others (its host's link is down) hears no answer either: it is the lowest rank of its
+own side, says so, and ends itself the same way. Nothing can reach it, not even its launcher, so the abort must
+not depend on one: ``failures.abort_job`` ends the process itself when MPI_Abort returns or blocks.
 Waits outside the step (setup, evaluation, checkpoints: phases whose length depends on a file system, and
 where a rank busy writing cannot answer a probe) are bounded too, but with their own, longer limit:
 ``io_abort_s`` (``comm.stall_io_abort_s``, an hour by default, 0 = never). They warn at ``warn_s`` like the
@@ -23,6 +26,8 @@ checkpoint slowly is waited for in that phase, never inside the next step.
 import sys
 import time
 
+from .failures import abort_job
+
 PROBE, ANSWER = 71, 72  # tags on the control communicator
 WATCHED = "step"  # the phase bounded by abort_s; the others by io_abort_s
 
@@ -34,7 +39,7 @@ def _ranks(ranks):
 class Watchdog:
     quiet_s = 0.5  # a wait shorter than this only reads the clock
     tick_s = 0.1  # then it looks around this often
-    answer_s = 1.0  # how long a probed rank that is waiting may take to answer
+    answer_s = 1.0  # how long a probed rank that is waiting may take to answer (at most warn_s, when shorter)
     grace_s = 3.0  # the other waiting ranks abort this long after the reporting rank should have
     forward_s = 0.5  # the reporting rank's pause between its error line and the abort: MPICH's launcher kills
     # its processes on an abort without reading what is still in their output pipes, which lost the line (CI)
@@ -86,7 +91,8 @@ class Watchdog:
             source, (probe, step, phase, _) = msg
             if probe == self.probe:
                 stall["answers"][source] = (step, phase)
-        if waited - stall["asked"] < self.answer_s and len(stall["answers"]) < self.w.size - 1:
+        answer_s = min(self.answer_s, self.warn_s or self.answer_s)
+        if waited - stall["asked"] < answer_s and len(stall["answers"]) < self.w.size - 1:
             return stall
         reporter = min([self.w.rank, *stall["answers"]])
         if self.warn_s and not stall["warned"] and waited >= self.warn_s:
@@ -103,9 +109,9 @@ class Watchdog:
                 print(f"distnet: error: {self.message(stall['answers'], waited)}; aborting the job "
                       f"(comm.{key} = {abort_s:g})", file=sys.stderr, flush=True)
                 time.sleep(self.forward_s)
-                self.w.abort(1)
+                abort_job(self.w, 1)
             elif waited >= abort_s + self.grace_s:
-                self.w.abort(1)
+                abort_job(self.w, 1)
         return stall
 
     def message(self, answers, waited):

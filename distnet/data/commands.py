@@ -1,5 +1,6 @@
-"""``distnet data``: prepare, inspect and list datasets."""
+"""``distnet data``: prepare, import, inspect and list datasets."""
 
+import argparse
 import json
 
 from . import catalog
@@ -27,6 +28,7 @@ def add_arguments(parser):
     p.add_argument("--allow-unverified", action="store_true",
                    help="accept downloaded files whose SHA-256 the catalog does not know")
     p.set_defaults(_action=run_prepare)
+    add_import(sub)
     p = sub.add_parser("inspect", help="show a prepared dataset and verify its checksums")
     p.add_argument("path", help="prepared dataset folder")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -37,8 +39,75 @@ def add_arguments(parser):
     p.set_defaults(_action=run_list)
 
 
+def add_import(sub):
+    p = sub.add_parser(
+        "import", help="convert your own arrays, CSV or images into a prepared dataset",
+        description="Convert SRC into DIR/{train,test}/part-*.h5 (the format `prepare` writes), atomically, "
+                    "never holding SRC whole. SRC: a .npz (x_train, y_train, x_test, y_test; or x, y with "
+                    "--test-fraction), an x.npy with --labels y.npy (or a folder holding x.npy and y.npy), an "
+                    "HDF5 file (the same names, or --x KEY --y KEY), a CSV of numbers with a label column, or a "
+                    "folder of images DIR/<class>/*.png|jpg (or DIR/train/<class>/ and DIR/test/<class>/).")
+    p.add_argument("src", metavar="SRC", help="the file or folder to import")
+    p.add_argument("--out", required=True, help="output folder, e.g. data/mine")
+    p.add_argument("--format", help="npz, npy, hdf5, csv or images (default: from SRC's name)")
+    p.add_argument("--labels", metavar="Y.npy", help="the labels of an x .npy file (one per row)")
+    p.add_argument("--x", metavar="KEY", help="the array (npz) or dataset (HDF5) of samples")
+    p.add_argument("--y", metavar="KEY", help="the array (npz) or dataset (HDF5) of labels")
+    p.add_argument("--label-column", metavar="NAME|INDEX", help="CSV: the label column, by header name or "
+                   "index from 0 (default: the last)")
+    p.add_argument("--header", action=argparse.BooleanOptionalAction, default=None,
+                   help="CSV: the first line names the columns (default: detected)")
+    p.add_argument("--delimiter", help="CSV: the field delimiter (default: detected among , ; tab)")
+    p.add_argument("--size", metavar="HxW", help="images: resize every image to H x W pixels")
+    p.add_argument("--color", choices=("auto", "gray", "rgb"), default="auto",
+                   help="images: 1 or 3 channels (default auto: gray when every image is)")
+    p.add_argument("--classes", metavar="A,B,...", help="class names, in label order (images: the class "
+                   "folders to take, in this order; default: the folder names, or the labels' names sorted)")
+    p.add_argument("--test-fraction", type=float, metavar="F",
+                   help="hold out this fraction of every class as the test split (a source with one set)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the --test-fraction split (default 0)")
+    p.add_argument("--name", help="the dataset's name (default: SRC's name)")
+    p.add_argument("--dtype", choices=("auto", "float32", "float64"), default="auto",
+                   help="stored x type (default auto: uint8, float32 and float64 kept, others float32)")
+    p.add_argument("--channels-last", action="store_true", help="4-D x is (N, H, W, C): store it as NCHW")
+    p.add_argument("--shards", type=int, default=1, help="files per split (default 1)")
+    p.add_argument("--compress", action="store_true", help="store x gzip-compressed in chunks")
+    p.add_argument("--force", action="store_true", help="replace an existing prepared dataset in --out")
+    p.set_defaults(_action=run_import)
+
+
+def run_import(args):
+    """A stop signal (distnet/signals.py) is a KeyboardInterrupt here: the import removes what it wrote."""
+    from .imports import import_data
+
+    options = {k: getattr(args, k) for k in ("format", "labels", "x", "y", "label_column", "header",
+                                             "delimiter", "size", "color", "classes", "test_fraction", "seed",
+                                             "name", "dtype", "channels_last", "shards", "compress", "force")}
+    out = import_data(args.src, args.out, **options)
+    info = summary(out, verify=False)
+    info["checksums"] = "written"
+    print(render(info))
+    return 0
+
+
 def run(args):
+    check_args(args)
     return args._action(args)
+
+
+def check_args(args):
+    """The counts of ``data prepare`` before any work (the shards against the split's size come later)."""
+    from ..config import SEED_MAX
+    from ..errors import UserError
+
+    if args.action != "prepare":
+        return
+    for flag, value, low in (("--shards", args.shards, 1), ("--num-train", args.num_train, 1),
+                             ("--num-test", args.num_test, 1), ("--classes", args.classes, 2)):
+        if value is not None and value < low:
+            raise UserError(f"{flag} {value}: give at least {low}")
+    if not 0 <= args.seed <= SEED_MAX:
+        raise UserError(f"--seed {args.seed}: give a seed in [0, {SEED_MAX}]")
 
 
 def run_prepare(args):

@@ -43,6 +43,9 @@ def fetch_one(url, target, timeout):
         reason = getattr(e, "reason", e)
         raise DataError(f"cannot download {url} ({reason}): if this machine is offline, copy the files "
                         "into a folder yourself and pass --source DIR") from None
+    except BaseException:  # a stop signal (distnet.signals): no half-downloaded file is left
+        part.unlink(missing_ok=True)
+        raise
     os.replace(part, target)
 
 

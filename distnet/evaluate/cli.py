@@ -9,6 +9,7 @@ import numpy as np
 
 from .. import comm
 from ..errors import UserError
+from ..signals import stoppable
 from . import assess
 from .trained import load_trained
 
@@ -19,8 +20,9 @@ def add_arguments(p):
     p.add_argument("--data", metavar="DIR", help="prepared dataset folder (default: the training config's)")
     p.add_argument("--split", default="test", help="split to evaluate (default: test)")
     p.add_argument("--batch-size", type=int, default=256, help="samples per forward pass on each rank (256)")
-    p.add_argument("--top-k", type=int, default=5, metavar="K",
-                   help="also count a sample correct when its class is among the K highest scores (5)")
+    p.add_argument("--top-k", type=int, metavar="K",
+                   help="also count a sample correct when its class is among the K highest scores: 1 to the "
+                        "number of classes (default 5, at most the number of classes)")
     p.add_argument("--reject", type=float, metavar="MARGIN",
                    help="reject inputs whose two largest class probabilities differ by less than MARGIN "
                         "(0..1): error on the accepted inputs, the rejected fraction, and the curve over margins")
@@ -47,20 +49,39 @@ def load_checkpoints(args):
     return [m.path for m in members], [m.model for m in members], [m.loss for m in members], ds[args.split]
 
 
+FIGURES = ("confusion.png", "reject.png", "misclassified.png")  # what --figures DIR holds (plot.evaluation)
+DEFAULT_TOP_K = 5
+
+
 def check_args(args):
+    """Every check of the command line that needs no checkpoint, before any work (``check_top_k`` needs the
+    model's class count)."""
     if not args.checkpoint and not args.ensemble:
         raise UserError("distnet eval needs a CHECKPOINT (a file or folder) or --ensemble CKPT CKPT ...")
     if args.vote and len(args.ensemble) + bool(args.checkpoint) < 2:
         raise UserError("--vote needs a committee: give at least two checkpoints with --ensemble")
-    if args.top_k < 1:
+    if args.top_k is not None and args.top_k < 1:
         raise UserError(f"--top-k must be at least 1, got {args.top_k}")
-    if args.reject is not None and not 0 <= args.reject <= 1:
+    if args.reject is not None and not 0 <= args.reject <= 1:  # NaN is not in 0..1 either
         raise UserError(f"--reject MARGIN is a difference of two probabilities, in 0..1; got {args.reject}")
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.figures:
+        from ..outputs import check_figures
         from ..plot import pyplot
+
         pyplot()  # the plot extra is there, before any work
+        check_figures(args.figures, FIGURES, "--figures")
+
+
+def check_top_k(args, num_classes):
+    """``--top-k`` against the model's classes: more than there are is an error (every sample would count as
+    correct); without --top-k, 5 or the class count if smaller."""
+    if args.top_k is None:
+        args.top_k = min(DEFAULT_TOP_K, num_classes)
+    elif args.top_k > num_classes:
+        raise UserError(f"--top-k {args.top_k}: the model has {num_classes} classes: give K from 1 to "
+                        f"{num_classes}")
 
 
 def evaluate(w, models, losses, split, args, margins):
@@ -86,6 +107,7 @@ def run(args):
         with comm.agreed(w):  # any rank may fail to load alone
             check_args(args)
             paths, models, losses, split = load_checkpoints(args)
+            check_top_k(args, split.num_classes)
         for line in args.skipped if w.rank == 0 else []:
             print(line, file=sys.stderr, flush=True)
         margins = np.union1d(assess.MARGINS, [] if args.reject is None else [args.reject])
@@ -96,7 +118,8 @@ def run(args):
             from ..plot.evaluation import write_figures
             out["figures"] = [str(p) for p in write_figures(args.figures, out, split)]
 
-    code = comm.run_on_every_rank(w, body)
+    with stoppable():  # again after MPI's start, which takes SIGUSR1: a signal stops eval, exit 3 (distnet/signals.py)
+        code = comm.run_on_every_rank(w, body)
     if code or w.rank != 0:
         return code
     if args.json:

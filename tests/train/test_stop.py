@@ -287,3 +287,46 @@ def test_a_ranks_first_signal_after_the_agreed_stop_and_a_quick_duplicate_do_not
     assert obs2.pending == "SIGTERM" and w.aborted is None
     obs2._handle(signal.SIGINT, None)  # another signal, even at once, is a second one
     assert w.aborted == 128 + signal.SIGINT
+
+
+CUT_OFF = """
+import signal, sys, time
+from distnet import comm
+from distnet.comm import failures
+
+failures.ABORT_EXIT_S = 1.0
+w = comm.world()
+w.watch(0.5, 1.0)
+w.phase = "step"  # bounded by abort_s (the training step)
+if w.rank == 0:
+    time.sleep(120)  # silent, as a rank behind a dead link: it answers no probe
+else:
+    w.abort = lambda code: time.sleep(120)  # MPI_Abort that cannot reach the launcher: it never returns
+    w.barrier()
+"""
+
+
+def test_a_rank_whose_abort_cannot_reach_its_launcher_ends_itself(tmp_path):
+    """The stall watchdog of a rank cut off from the others (and from its launcher) names them and ends its
+    own process, even when MPI_Abort blocks (failures.abort_job: SIGALRM's default action after ABORT_EXIT_S)."""
+    script = tmp_path / "cut_off.py"
+    script.write_text(CUT_OFF)
+    t = time.monotonic()
+    r = subprocess.run([mpiexec_path(), "-n", "2", sys.executable, str(script)], capture_output=True, text=True,
+                       timeout=60, env=env())
+    took = time.monotonic() - t
+    assert r.returncode != 0
+    error = [line for line in r.stderr.splitlines() if line.startswith("distnet: error: stall: rank 1 ")]
+    assert len(error) == 1 and "for rank 0 (host" in error[0] and "not responding" in error[0], r.stderr
+    assert took < 15, took  # 1 s to the abort, 0.5 s to pass the line on, 1 s until SIGALRM, start-up
+
+
+def test_abort_job_ends_the_process_when_mpi_abort_returns():
+    from distnet.comm.failures import abort_job
+
+    script = ("import sys\nfrom distnet.comm.failures import abort_job\n"
+              "class W:\n    size = 2\n    def abort(self, code):\n        pass\n"
+              "abort_job(W(), 7)\nprint('not reached')\n")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env())
+    assert r.returncode == 7 and "not reached" not in r.stdout, (r.stdout, r.stderr)
+    assert abort_job  # imported: the name the watchdog and fail_alone call

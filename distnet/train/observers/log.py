@@ -3,6 +3,7 @@
 Epochs are counted from 1 everywhere a user reads them (console, metrics, messages).
 """
 
+import os
 import time
 
 from ...metrics import MetricsWriter, Progress
@@ -24,12 +25,22 @@ def bar_total(run):
 
 class Log(Observer):
     """Train lines every ``train.log_every`` steps and at epoch ends, skip lines, eval lines (for the
-    evaluation observer), the start and summary lines; rank 0 only."""
+    evaluation observer), the start and summary lines; rank 0 only.
 
-    def __init__(self, run, timer=None, about=None):
-        lc, self.run, self.timer = run.cfg["log"], run, timer
+    Each of ``observers`` (set by whoever assembles the run's observers) adds its fields to the train lines
+    (``Observer.on_train_line``). So that each has heard of the line's last step, a line found due at a step
+    is written by ``closer``, an observer put after all the others."""
+
+    def __init__(self, run, about=None):
+        lc, self.run = run.cfg["log"], run
+        self.observers = []
+        self.due = None  # the stats of the step whose train line is to be written at the end of its round
+        self.closer = TrainLine(self)
         root = run.world.rank == 0
-        self.metrics = MetricsWriter(lc["metrics"] if root else None, append=run.cfg["checkpoint"]["resume"])
+        # distnet run's restarts (DISTNET_ATTEMPT > 0) append, with or without a checkpoint: never truncate
+        self.attempt = int(os.environ.get("DISTNET_ATTEMPT") or 0)
+        self.metrics = MetricsWriter(lc["metrics"] if root else None,
+                                     append=run.cfg["checkpoint"]["resume"] or self.attempt > 0)
         mode = "none" if lc["quiet"] or not root else lc["progress"]
         self.progress = Progress(bar_total(run), initial=run.pos.global_step, mode=mode)
         self.about = about or {}
@@ -46,7 +57,7 @@ class Log(Observer):
         skipped = {"skipped_checkpoints": run.skipped_checkpoints} if run.skipped_checkpoints else {}
         self.metrics.write("start", run.pos.global_step, epoch=epoch_label(run), ranks=p, global_batch=B,
                            params=run.model.num_params, steps_per_epoch=run.steps_per_epoch, data=run.data_dir,
-                           sync=run.sync.name, **a, **skipped)
+                           sync=run.sync.name, **a, **skipped, **({"attempt": self.attempt} if self.attempt else {}))
         hosts = a.get("hosts") or {}
         threads = "/".join(map(str, sorted(set(a.get("blas_threads") or []) - {None})))
         self.progress.line(
@@ -75,7 +86,7 @@ class Log(Observer):
         self.w_steps += 1
         self.last = stats
         if run.pos.global_step % run.cfg["train"]["log_every"] == 0 or run.pos.step_in_epoch == run.steps_per_epoch:
-            self._write(run, stats)
+            self.due = stats
 
     def _write(self, run, stats):
         """The train line of the steps since the last one, and the progress display's update."""
@@ -83,14 +94,22 @@ class Log(Observer):
         trained_s = now - self.w_start - (run.paused_s - self.w_paused)  # evaluation and checkpoints left out
         sps = self.w_steps * run.batch / max(trained_s, 1e-9)
         loss, acc = self.w_loss / max(self.w_n, 1), self.w_correct / max(self.w_n, 1)
-        extra = self.timer.summary() if self.timer is not None else {}
-        self.metrics.write("train", run.pos.global_step, epoch=epoch_label(run), loss=loss, accuracy=acc,
-                           lr=stats.lr, samples_per_s=sps, global_batch=run.batch, grad_norm=stats.grad_norm,
-                           **stats.sync, **stats.noise, **extra)
+        fields = dict(epoch=epoch_label(run), loss=loss, accuracy=acc, lr=stats.lr, samples_per_s=sps,
+                      global_batch=run.batch, grad_norm=stats.grad_norm, **stats.sync, **stats.noise)
+        for o in self.observers:
+            add = getattr(o, "on_train_line", None)  # an observer not derived from Observer may lack it
+            if add is not None:
+                add(run, fields)
+        self.metrics.write("train", run.pos.global_step, **fields)
         self.progress.set_total(bar_total(run))  # a growing batch ("auto") takes fewer steps
         shown = {"noise": round(stats.noise["noise_scale"])} if stats.noise.get("noise_scale") is not None else {}
         self.progress.update(self.w_steps, loss=loss, acc=acc, sps=round(sps), **shown)
         self._new_window()
+
+    def write_due(self, run):
+        if self.due is not None:
+            stats, self.due = self.due, None
+            self._write(run, stats)
 
     def eval(self, run, split, loss, accuracy, samples):
         self.metrics.write("eval", run.pos.global_step, epoch=epoch_label(run), split=split, loss=loss,
@@ -102,6 +121,7 @@ class Log(Observer):
         self.progress.line(text)
 
     def on_end(self, run):
+        self.write_due(run)  # a closer that never ran (a run driven without one)
         if self.w_steps:  # the run ended between train lines (train.max_steps, a stop, a target mid-epoch)
             self._write(run, self.last)
         self.progress.close()
@@ -112,3 +132,14 @@ class Log(Observer):
         best = summary["best_accuracy"]  # through the progress display: after the bar, on its stream
         self.progress.line(f"distnet: done in {summary['wall_s']:.1f} s, {run.pos.global_step} steps, "
                            + (f"best accuracy {best:.4f}" if best is not None else "no evaluation ran"))
+
+
+class TrainLine(Observer):
+    """The last of a run's observers: writes the train line ``log`` found due at this step, once every
+    observer has heard of the step."""
+
+    def __init__(self, log):
+        self.log = log
+
+    def on_step(self, run, stats):
+        self.log.write_due(run)
