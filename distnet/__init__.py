@@ -6,7 +6,7 @@ The Python API (docs/guide/python.md): ``distnet.train(config, ...)`` and ``dist
 
 __version__ = "0.1.0"
 
-_API = ("load", "resolve_config")
+_API = ("train", "load", "resolve_config")
 
 
 def __getattr__(name):

@@ -43,11 +43,11 @@ def resolve_config(config, overrides=None, sets=()):
 
 def train(config, overrides=None, sets=(), observers=()):
     """Train as ``distnet train`` would with this config (see ``resolve_config``); ``observers`` run after the
-    standard ones (``distnet.train.observers.Observer`` subclasses). Returns a ``Result``: ``summary`` (the
+    standard ones (``distnet.training.observers.Observer`` subclasses). Returns a ``Result``: ``summary`` (the
     metrics' summary line), ``timings`` (with ``log.profile``) and ``run`` (its ``model``, ...)."""
     from . import blas, comm
     from .comm.failures import Stop, fail_alone
-    from .train.loop import train as _train
+    from .training.loop import train as _train
 
     w = comm.world()
     cfg = resolve_config(config, overrides, sets)  # every rank resolves the same: all fail alike

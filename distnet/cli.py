@@ -10,7 +10,7 @@ from .errors import UserError
 
 # name -> (module, help). Each module defines add_arguments(parser) and run(args) -> exit code.
 COMMANDS = {
-    "train": ("distnet.train.cli", "train a model (same command under mpiexec/mpirun/srun)"),
+    "train": ("distnet.training.cli", "train a model (same command under mpiexec/mpirun/srun)"),
     "eval": ("distnet.evaluate.cli", "evaluate a checkpoint on a dataset"),
     "data": ("distnet.data.commands", "prepare and inspect datasets"),
     "bench": ("distnet.bench", "benchmarks: step, compute, allreduce, train, data"),

@@ -38,7 +38,7 @@ from pathlib import Path
 from . import checkpoint as ckpt
 from .cli import check_sets, unrecognized
 from .errors import UserError
-from .train.observers.signals import EXIT_STOPPED, SIGNALS
+from .training.observers.signals import EXIT_STOPPED, SIGNALS
 
 FINAL = {0: "finished", 2: "a user error", EXIT_STOPPED: "stopped by a signal"}  # exit codes never restarted
 HOST_TIMEOUT_S = 10.0
@@ -70,7 +70,7 @@ def add_arguments(p):
 
 def job_config(job):
     """The resolved config of ``distnet train ...`` (the checkpoint folder and metrics file are needed here)."""
-    from .train import cli as train_cli
+    from .training import cli as train_cli
 
     if not job or job[0] != "train":
         raise UserError("distnet run supervises a training job: distnet run -n 2 -- train CONFIG [options]")

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from distnet import api, comm
+import distnet
+from distnet import comm
 from distnet.data.imports import import_data
 
 folder = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/moons")
@@ -32,7 +33,7 @@ if w.rank == 0 and not (folder / "data").exists():
     import_data(folder / "moons.csv", folder / "data", label_column="label", test_fraction=0.2)
 w.barrier()  # every rank reads the folder rank 0 wrote
 
-result = api.train({"extends": "spirals-mlp", "train": {"epochs": 10}, "log": {"quiet": True}},
+result = distnet.train({"extends": "spirals-mlp", "train": {"epochs": 10}, "log": {"quiet": True}},
                    overrides={"data": {"path": str(folder / "data")}})
 if w.rank == 0:
     print(f"{result.summary['ranks']} rank(s): test accuracy {result.summary['last_accuracy']:.3f} after "

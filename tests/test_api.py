@@ -33,6 +33,12 @@ def trained(spirals_data, tmp_path_factory):
     return result, out / "ck"
 
 
+def test_the_api_names_are_the_packages_own():
+    import distnet.training.loop  # noqa: F401 - the training package does not hide distnet.train
+
+    assert distnet.train is api.train and distnet.load is api.load
+
+
 def test_train_from_a_dict_then_load_and_predict_as_eval_does(trained, spirals_data):
     result, ck = trained
     assert result.summary["epochs"] == 2 and result.summary["ranks"] == 1

@@ -301,7 +301,7 @@ def check_flag(d, command, action, value):
 
 def _config_key(command, action):
     """The config key a train flag sets (its messages may name the key)."""
-    from distnet.train import cli as train_cli
+    from distnet.training import cli as train_cli
 
     return train_cli.FLAGS.get(action.dest) if command in ("train", "run") else None
 

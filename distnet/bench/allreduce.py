@@ -50,7 +50,7 @@ def model_sync(w, name, global_batch, bucket_mb, reps):
     from .. import build
     from .. import config as C
     from ..data import catalog
-    from ..train.profile import last_arrival
+    from ..training.profile import last_arrival
 
     cfg = C.load(name)
     shape = tuple(catalog.get(cfg["data"]["dataset"])["input_shape"])

@@ -1,6 +1,6 @@
 """``distnet bench train``: a short training run on the real data, measured.
 
-It runs the real training loop (``distnet.train.loop.train``, with its step timer) for ``--warmup`` +
+It runs the real training loop (``distnet.training.loop.train``, with its step timer) for ``--warmup`` +
 ``--steps`` steps, no evaluation and no checkpoints, and reports from the steps after the warm-up (leaving
 out the first step of an epoch, which holds the reader's start), from the per-step timings ``train``
 returns:
@@ -34,8 +34,8 @@ from .. import comm
 from .. import config as C
 from ..blas import set_blas_threads
 from ..errors import UserError
-from ..train.loop import train
-from ..train.profile import PHASES, last_arrival
+from ..training.loop import train
+from ..training.profile import PHASES, last_arrival
 from .allreduce import median_time
 
 # Launcher variables a child must not inherit: with them it could try to join this MPI job.

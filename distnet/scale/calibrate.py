@@ -125,7 +125,7 @@ def _config_at(cfg, batch, steps):
 def compute(w, cfg, batches, budget, train_size, notes):
     """Per-rank batch -> rank 0's phases (ms), the median over ranks, the last-arrival wait; the last run."""
     from ..bench.train import measured
-    from ..train.loop import train
+    from ..training.loop import train
 
     rows, last, est_ms, prev = [], None, None, None
     for b in batches:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .. import config as C
 from ..errors import UserError
-from ..train.observers.signals import EXIT_STOPPED
+from ..training.observers.signals import EXIT_STOPPED
 from . import launch
 from . import plan as P
 

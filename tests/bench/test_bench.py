@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from distnet.bench.train import measured
-from distnet.train.profile import PHASES
+from distnet.training.profile import PHASES
 
 from ..helpers import run_distnet
 

@@ -3,7 +3,7 @@ registry, so a new strategy is covered without editing this file) and for one de
 ranks: the parameters of ``flat`` after some steps, the step's statistics honoured (the loss sums, the
 gradient noise scale's terms, the ranks' stop vote, a non-finite gradient skipped), and resume bitwise.
 
-One mpiexec launch per rank count runs every strategy through ``distnet.train`` (the API's road into the
+One mpiexec launch per rank count runs every strategy through ``distnet.training`` (the API's road into the
 trainer: the config validated, the strategy built by name). Per strategy and rank count, run A trains
 ``STEPS`` steps with a checkpoint halfway, a non-finite batch on the last rank at step ``NAN_AT`` (skipped:
 ``train.nonfinite = "skip"``) and a SIGTERM raised on the last rank after step ``STEPS - 2``: only that rank
@@ -83,7 +83,7 @@ SCRIPT = textwrap.dedent("""
     import pieces_sync  # registers "pieces"
     from distnet import api, checkpoint, comm
     from distnet.comm.failures import Stop
-    from distnet.train.observers import Observer
+    from distnet.training.observers import Observer
 
     w = comm.world()
     N, last = args["steps"], w.size - 1

@@ -29,7 +29,7 @@ from distnet import checkpoint as ckpt
 from distnet import config as C
 from distnet.checkpoint import latest
 from distnet.data import BatchReader, open_dataset
-from distnet.train.noise import NoiseScale
+from distnet.training.noise import NoiseScale
 
 from ..helpers import run_distnet
 

@@ -31,7 +31,7 @@ def test_the_first_step_starts_from_the_checkpoints_parameters(source, spirals_d
     script = textwrap.dedent(f"""
         import numpy as np
         from distnet import api
-        from distnet.train.observers.base import Observer
+        from distnet.training.observers.base import Observer
 
         class First(Observer):
             def on_start(self, run):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from distnet.train.observers.signals import DUPLICATE_S, EXIT_STOPPED
+from distnet.training.observers.signals import DUPLICATE_S, EXIT_STOPPED
 
 from ..helpers import mpiexec_path, run_distnet
 
@@ -229,9 +229,9 @@ def test_a_wait_outside_the_step_is_bounded_too(tmp_path, spirals_data):
 LATE = """
 import os, signal, sys
 from distnet import config as C
-from distnet.train.loop import train
-from distnet.train.observers.base import Observer
-from distnet.train.observers.signals import Stopped
+from distnet.training.loop import train
+from distnet.training.observers.base import Observer
+from distnet.training.observers.signals import Stopped
 
 class Signal(Observer):  # this rank is sent SIGUSR1 at step 3, as a launcher passes it on
     def on_step(self, run, stats):
@@ -262,7 +262,7 @@ def test_the_stopping_signal_arriving_late_is_ignored_and_the_others_are_restore
 def test_a_ranks_first_signal_after_the_agreed_stop_and_a_quick_duplicate_do_not_abort(monkeypatch):
     """The same signal reaches ranks at different times (srun passes it on to each host): a rank whose own
     signal comes after the ranks agreed to stop on another's must not take it for a second signal."""
-    from distnet.train.observers import signals as S
+    from distnet.training.observers import signals as S
 
     class World:
         rank, aborted = 1, None

@@ -2,9 +2,9 @@
 defined here, with no edit of the logger; the step timer's phases arrive the same way."""
 
 from distnet import config as C
-from distnet.train.loop import train
-from distnet.train.observers import Observer
-from distnet.train.profile import PHASES
+from distnet.training.loop import train
+from distnet.training.observers import Observer
+from distnet.training.profile import PHASES
 
 from ..helpers import metrics
 

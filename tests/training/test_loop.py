@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from distnet import config as C
-from distnet.train.loop import train
-from distnet.train.observers import Observer
-from distnet.train.profile import PHASES
+from distnet.training.loop import train
+from distnet.training.observers import Observer
+from distnet.training.profile import PHASES
 
 from ..helpers import run_distnet
 

@@ -5,8 +5,8 @@ import json
 import pytest
 
 from distnet import comm
-from distnet.train import profile
-from distnet.train.profile import PHASES, StepTimer
+from distnet.training import profile
+from distnet.training.profile import PHASES, StepTimer
 
 from ..helpers import run_distnet
 
