@@ -1,5 +1,6 @@
 """Where a reader's samples come from: memory-mapped/in-RAM shards, or bounded-memory chunk-aware reads."""
 
+import errno
 import os
 import threading
 from collections import OrderedDict
@@ -80,38 +81,89 @@ def _read_exact(path, offset, out):
     return out
 
 
+NOWAIT = getattr(os, "RWF_NOWAIT", None)  # Linux: a read that returns EAGAIN instead of waiting for the disk
+ADVISE = hasattr(os, "posix_fadvise")
+
+
 class StreamSource:
     """Reads only what a batch needs: pread of contiguous runs, or whole HDF5 chunks through a bounded LRU
-    cache of CACHE_BYTES."""
+    cache of CACHE_BYTES.
+
+    Contiguous shards are read for a batch at a time: first every run that the page cache holds (a read
+    with RWF_NOWAIT), then all the others are announced to the kernel together (POSIX_FADV_WILLNEED) before
+    they are read, so that the disk serves a batch's scattered rows at once rather than one after another
+    (on the 2-vCPU VM: 86 us a row one after another, 17 us announced 64 at a time). The files are opened
+    with POSIX_FADV_RANDOM: read-ahead would read megabytes around rows that are few and scattered.
+    """
 
     def __init__(self, split, cache_bytes):
         self.split, self.cache_bytes = split, cache_bytes
         self.row_bytes = int(np.prod(split.input_shape)) * split.dtype.itemsize
         self.fds, self.files, self.cache, self.cached = {}, {}, OrderedDict(), 0
         self.lock = threading.Lock()
+        self.nowait = NOWAIT
 
     def gather(self, rows, out):
         """Fill OUT with x of underlying ROWS (in ROWS order)."""
+        waiting = []
         for sid, pos, local in by_shard(self.split, rows):
             shard = self.split.shards[sid]
             if shard.x_offset is not None:
-                self.read_runs(shard, pos, local, out)
+                waiting.append(self.start_runs(shard, pos, local))
             else:
                 self.read_chunks(shard, pos, local, out)
+        for shard, pos, stage, view, missed in waiting:  # every shard's reads announced before any waits
+            self.finish_runs(shard, view, missed)
+            out[pos] = stage
         return out
 
-    def read_runs(self, shard, pos, local, out):
-        """One pread per run of consecutive rows."""
+    def fd(self, shard):
+        """SHARD's file descriptor, opened once, without read-ahead."""
         fd = self.fds.get(shard.path)
         if fd is None:
             fd = self.fds[shard.path] = os.open(shard.path, os.O_RDONLY)
+            if ADVISE:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+        return fd
+
+    def start_runs(self, shard, pos, local):
+        """Read the runs of consecutive rows that the page cache holds into a staging array (in row order) and
+        announce the others; returns what ``finish_runs`` needs."""
+        fd, rb = self.fd(shard), self.row_bytes
         starts, lengths = runs(local)
-        for start, length in zip(starts.tolist(), lengths.tolist()):
-            nbytes = length * self.row_bytes
-            raw = os.pread(fd, nbytes, shard.x_offset + int(local[start]) * self.row_bytes)
-            if len(raw) != nbytes:
-                raise OSError(f"{shard.path}: short read (file truncated after opening?)")
-            out[pos[start:start + length]] = np.frombuffer(raw, self.split.dtype).reshape(length, *out.shape[1:])
+        stage = np.empty((len(local), *self.split.input_shape), self.split.dtype)
+        view = memoryview(stage.reshape(-1).view(np.uint8))
+        spans = [(at * rb, n * rb, shard.x_offset + row * rb)
+                 for at, n, row in zip(starts.tolist(), lengths.tolist(), local[starts].tolist())]
+        missed = spans if self.nowait is None else [s for s in spans if not self.read_cached(fd, view, s)]
+        if ADVISE:
+            for _, nbytes, offset in missed:
+                os.posix_fadvise(fd, offset, nbytes, os.POSIX_FADV_WILLNEED)
+        return shard, pos, stage, view, missed
+
+    def finish_runs(self, shard, view, missed):
+        """Read the MISSED spans (waiting for the disk)."""
+        fd = self.fd(shard)
+        for at, nbytes, offset in missed:
+            got = 0
+            while got < nbytes:
+                n = os.preadv(fd, [view[at + got:at + nbytes]], offset + got)
+                if not n:
+                    raise OSError(f"{shard.path}: short read (file truncated after opening?)")
+                got += n
+
+    def read_cached(self, fd, view, span):
+        """Read SPAN (position in VIEW, bytes, file offset) if the page cache holds all of it; False if not."""
+        at, nbytes, offset = span
+        try:
+            return os.preadv(fd, [view[at:at + nbytes]], offset, self.nowait) == nbytes
+        except BlockingIOError:
+            return False
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            self.nowait = None  # a file system without it: plain reads from now on
+            return False
 
     def read_chunks(self, shard, pos, local, out):
         """Each HDF5 chunk touched is read (decompressed) once per batch, or taken from the cache."""

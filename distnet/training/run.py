@@ -134,7 +134,8 @@ class Run:
                     global_batch=self.batch, world_size=self.world.size, dataset=ds.name,
                     input_shape=list(ds.input_shape), num_classes=ds.num_classes, num_samples=s.num_samples,
                     class_names=list(ds.class_names), inputs=conversion_of(self.reader.split),
-                    drop_last=s.drop_last, noise=self.noise.state() if self.noise is not None else None)
+                    drop_last=s.drop_last, noise=self.noise.state() if self.noise is not None else None,
+                    **s.order_state())
 
     def close(self):
         self.reader.close()
@@ -288,7 +289,8 @@ def resume(run):
     s.check_state({"epoch": int(meta["epoch"]), "step": int(meta["step_in_epoch"]),
                    "global_batch": int(meta["global_batch"]), "seed": int(meta["seed"]),
                    "num_samples": int(meta.get("num_samples", s.num_samples)),
-                   "drop_last": bool(meta.get("drop_last", s.drop_last))})
+                   "drop_last": bool(meta.get("drop_last", s.drop_last)),
+                   **{k: meta[k] for k in ("order", "block_size", "block_window") if k in meta}})
     if run.noise is not None and isinstance(meta.get("noise"), dict):
         run.noise.load_state(meta["noise"])
     run.pos = Position(**{k: type(v)(meta[k]) for k, v in asdict(Position()).items()})

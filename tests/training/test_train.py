@@ -213,7 +213,8 @@ def test_resume_refuses_a_run_that_would_change_the_sample_order(tmp_path, spira
     r, out = train(tmp_path, "o", spirals_data, extra=["--epochs", "2", "--set", "train.max_steps=70"])
     assert r.returncode == 0, r.stderr
     for extra, message in ((["--seed", "5"], "written with seed=0 but this run has seed=5"),
-                           (["--set", "data.val_fraction=0.1"], "the same dataset and data.val_fraction")):
+                           (["--set", "data.val_fraction=0.1"], "the same dataset and data.val_fraction"),
+                           (["--set", 'data.order="blocks"'], 'written with --set data.order="random"')):
         again = run_distnet(["train", "spirals-mlp", "--data", spirals_data, "--checkpoint-dir", out / "ck",
                              "--resume", "--epochs", "2", "--quiet", *extra], n=2, timeout=60)
         assert again.returncode == 2 and again.stderr.count("distnet: error:") == 1, again.stderr
