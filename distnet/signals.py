@@ -2,7 +2,7 @@
 a time limit, preemption) and SIGUSR1 (Slurm's ``--signal``) stop it cleanly, with one line ``distnet: stopped
 by SIGTERM ...`` and exit code 3 (``EXIT_STOPPED``: not finished; run the same command again).
 
-Training stops at the next step boundary with a checkpoint (``train/observers/signals.py``, its own handlers).
+Training stops at the next step boundary with a checkpoint (``training/observers/signals.py``, its own handlers).
 Every other command runs inside ``stoppable()`` (``distnet.cli.main`` puts it around each command): there a
 stop signal raises ``Interrupted`` (a ``KeyboardInterrupt``, so that what cleans up after Ctrl-C cleans up after
 SIGTERM too) wherever the command is. Writers already leave nothing half-written on an exception: a temporary
@@ -18,7 +18,7 @@ import signal
 import sys
 from contextlib import contextmanager
 
-EXIT_STOPPED = 3  # docs/guide/checkpoints.md, "Exit codes"
+EXIT_STOPPED = 3  # not finished, resumable: docs/guide/checkpoints.md, "Exit codes" (every command, training too)
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 
 

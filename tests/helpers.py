@@ -50,19 +50,26 @@ def run_python_mpi(script, n, timeout=120, env=None):
                           capture_output=True, text=True, timeout=timeout, env=full_env)
 
 
-def need_root(request, why):
-    """Tests that mount file systems need root: skipped here with the reason shown past pytest's capture, and
-    a failure in CI (CI=true, which runs as root), so that they cannot silently stop running there."""
-    if os.geteuid() == 0:
-        return
+def skip_here_fail_in_ci(request, failure, skipped, shown=None):
+    """A test that cannot run on this machine: a failure in CI (CI=true, where .ci/run installs everything and
+    runs as root), so that it cannot silently stop running there; elsewhere skipped, with SHOWN written past
+    pytest's capture so that a plain ``pytest -q`` says why."""
     if os.environ.get("CI") == "true":
-        pytest.fail(f"{why} needs root (CI runs as root)", pytrace=False)
+        pytest.fail(failure, pytrace=False)
     plugins = request.config.pluginmanager
     reporter, capture = plugins.get_plugin("terminalreporter"), plugins.get_plugin("capturemanager")
-    if reporter is not None and capture is not None:
+    if shown and reporter is not None and capture is not None:
         with capture.global_and_fixture_disabled():
-            reporter.write_line(f"\n{request.node.nodeid} skipped: {why} needs root", yellow=True)
-    pytest.skip(f"{why} needs root")
+            reporter.write_line(shown, yellow=True)
+    pytest.skip(skipped)
+
+
+def need_root(request, why):
+    """Tests that mount file systems need root (see ``skip_here_fail_in_ci``)."""
+    if os.geteuid() == 0:
+        return
+    skip_here_fail_in_ci(request, f"{why} needs root (CI runs as root)", f"{why} needs root",
+                         f"\n{request.node.nodeid} skipped: {why} needs root")
 
 
 class TwoRanks(comm.SerialWorld):

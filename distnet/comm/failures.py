@@ -77,13 +77,19 @@ def agreed(w):
         raise Stop(None, code, detail[0])
 
 
+FORWARD_S = 0.5  # abort_job's pause between the last line and MPI_Abort
+
+
 def abort_job(w, code, exit_s=None):
     """End the whole job with exit ``code`` (MPI_Abort: the launcher ends every rank), and this process in any
     case: a rank cut off from its launcher (its host's link down) may see MPI_Abort return, or block in it
     for as long as TCP retries; it must not linger on its host. After a return it exits at once; a blocked
-    one is ended by SIGALRM's default action after ``exit_s`` (no Python code has to run for that)."""
+    one is ended by SIGALRM's default action after ``exit_s`` (no Python code has to run for that). It first
+    waits ``FORWARD_S``: MPICH's launcher kills its processes on an abort without reading what is still in their
+    output pipes, which lost the error line just printed (seen in CI, for a stall and for one rank's exception)."""
     sys.stdout.flush()
     sys.stderr.flush()
+    time.sleep(FORWARD_S)
     try:
         signal.signal(signal.SIGALRM, signal.SIG_DFL)
         signal.setitimer(signal.ITIMER_REAL, ABORT_EXIT_S if exit_s is None else exit_s)

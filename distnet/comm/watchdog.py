@@ -41,8 +41,6 @@ class Watchdog:
     tick_s = 0.1  # then it looks around this often
     answer_s = 1.0  # how long a probed rank that is waiting may take to answer (at most warn_s, when shorter)
     grace_s = 3.0  # the other waiting ranks abort this long after the reporting rank should have
-    forward_s = 0.5  # the reporting rank's pause between its error line and the abort: MPICH's launcher kills
-    # its processes on an abort without reading what is still in their output pipes, which lost the line (CI)
 
     def __init__(self, w, warn_s=0.0, abort_s=0.0, io_abort_s=0.0):
         self.w = w
@@ -108,7 +106,6 @@ class Watchdog:
                 key = "stall_abort_s" if self.w.phase == WATCHED else "stall_io_abort_s"
                 print(f"distnet: error: {self.message(stall['answers'], waited)}; aborting the job "
                       f"(comm.{key} = {abort_s:g})", file=sys.stderr, flush=True)
-                time.sleep(self.forward_s)
                 abort_job(self.w, 1)
             elif waited >= abort_s + self.grace_s:
                 abort_job(self.w, 1)

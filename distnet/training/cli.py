@@ -6,7 +6,7 @@ import sys
 from .. import blas, comm
 from .. import config as C
 from ..errors import UserError
-from ..metrics import progress_mode
+from ..metrics import PROGRESS_MODES, progress_mode
 
 
 def add_arguments(p):
@@ -35,7 +35,7 @@ def add_arguments(p):
                    help="record the step-time breakdown (data, forward, backward, comm, optimizer) in the metrics")
     p.add_argument("--trace", metavar="FILE", help="write a Chrome trace-event timeline of every rank's phases")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
-    p.add_argument("--progress", choices=["auto", "bar", "lines"], default=None,
+    p.add_argument("--progress", choices=[m for m in PROGRESS_MODES if m != "none"], default=None,
                    help="rank 0's progress display (default auto: a bar on a terminal, else lines; under "
                         "mpiexec stderr is a pipe, so ask for the bar here or with DISTNET_PROGRESS=bar)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")

@@ -31,7 +31,7 @@ import pytest
 
 from distnet.blas import THREAD_VARS
 
-from ..helpers import ROOT, mpiexec_path, run_distnet
+from ..helpers import ROOT, mpiexec_path, run_distnet, skip_here_fail_in_ci
 
 pytestmark = [pytest.mark.cluster, pytest.mark.mpi]
 
@@ -76,16 +76,10 @@ SAID = set()
 def need(ok, why, request):
     if ok:
         return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"cluster tests: {why} (CI must run them: .ci/run installs what they need)", pytrace=False)
-    if why not in SAID:  # once, past pytest's capture, so that a plain `pytest -q` shows why
-        SAID.add(why)
-        plugins = request.config.pluginmanager
-        reporter, capture = plugins.get_plugin("terminalreporter"), plugins.get_plugin("capturemanager")
-        if reporter is not None and capture is not None:
-            with capture.global_and_fixture_disabled():
-                reporter.write_line(f"\ntests/cluster/test_cluster.py skipped: {why}", yellow=True)
-    pytest.skip(f"cluster tests: {why}")
+    shown = None if why in SAID else f"\ntests/cluster/test_cluster.py skipped: {why}"  # said once
+    SAID.add(why)
+    skip_here_fail_in_ci(request, f"cluster tests: {why} (CI must run them: .ci/run installs what they need)",
+                         f"cluster tests: {why}", shown)
 
 
 def need_commands(request, commands, package):

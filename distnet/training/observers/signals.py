@@ -18,12 +18,11 @@ import sys
 import time
 
 from ...comm import Stop
+from ...signals import EXIT_STOPPED, SIGNALS
 from .base import Observer
 from .log import epoch_label
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 DUPLICATE_S = 1.0  # the same signal again within this many seconds is one signal delivered twice
-EXIT_STOPPED = 3  # the exit code of a run stopped by a signal: not finished, resumable (docs/guide/checkpoints.md)
 _received = []  # the signals this process was sent while a Signals observer listened
 
 
