@@ -41,6 +41,7 @@ class Watchdog:
     tick_s = 0.1  # then it looks around this often
     answer_s = 1.0  # how long a probed rank that is waiting may take to answer (at most warn_s, when shorter)
     grace_s = 3.0  # the other waiting ranks abort this long after the reporting rank should have
+    nap_s = 0.0  # sleep between polls (comm.wait): 0 spins, the quickest answer while each rank has a core
 
     def __init__(self, w, warn_s=0.0, abort_s=0.0, io_abort_s=0.0):
         self.w = w
@@ -56,7 +57,10 @@ class Watchdog:
             start = time.monotonic()
             look = start + self.quiet_s
             stall = None
+            nap = self.nap_s
             while not done():
+                if nap:
+                    time.sleep(nap)  # let the rank waited for have this core (see nap_s)
                 now = time.monotonic()
                 if now >= look:
                     look = now + self.tick_s

@@ -25,6 +25,18 @@ from .watchdog import Watchdog
 _LAUNCHER_SIZE_VARS = ("SLURM_STEP_NUM_TASKS", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE")
 
 
+NAP_S = 20e-6  # a waiting rank's sleep between polls when it shares cores (the kernel makes it ~70 us)
+WAIT_MODES = ("auto", "spin", "sleep")
+
+
+def _cpus():
+    """The cores this process may run on."""
+    try:
+        return frozenset(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return frozenset(range(os.cpu_count() or 1))
+
+
 class SerialWorld:
     """A world of one, for machines without any MPI library."""
 
@@ -41,6 +53,15 @@ class SerialWorld:
             yield
         finally:
             self.phase = before
+
+    local_cores = 1  # the cores the ranks on this host may run on, together
+    oversubscribed = False  # more ranks on this host than cores
+
+    def wait_mode(self, mode):
+        """How a rank waits on a collective (``comm.wait``): "spin" polls without pause, the quickest answer
+        while every rank has a core of its own; "sleep" naps ``NAP_S`` between polls, so that ranks sharing
+        cores hand them to the rank that is still computing instead of spinning through its time slices;
+        "auto" sleeps when this host runs more ranks than it has cores (``oversubscribed``), else spins."""
 
     def watch(self, warn_s, abort_s, io_abort_s=0.0):
         """Bound waits: warn after ``warn_s``; abort after ``abort_s`` in the training step and after
@@ -114,13 +135,24 @@ class MPIWorld(SerialWorld):
         self.size = self.comm.Get_size()
         self.ctl = self.comm.Dup()  # the watchdog's messages, apart from training's
         # who is who, known before anything can stall: a stall message names host and pid
-        self.whois = self.comm.allgather((socket.gethostname(), os.getpid()))
+        everyone = self.comm.allgather((socket.gethostname(), os.getpid(), _cpus()))
+        self.whois = [(host, pid) for host, pid, _ in everyone]
         self.local_size = sum(host == self.whois[self.rank][0] for host, _ in self.whois)
+        # the cores this host's ranks may run on, together (a launcher may bind each rank to its own)
+        self.local_cores = len(set().union(*(c for host, _, c in everyone if host == self.whois[self.rank][0])))
         self.watchdog = Watchdog(self)
+        self.wait_mode("auto")
         self.windows = []  # shared-memory windows (``shared``); never freed: they live as long as the process
 
     def watch(self, warn_s, abort_s, io_abort_s=0.0):
         self.watchdog.warn_s, self.watchdog.abort_s, self.watchdog.io_abort_s = warn_s, abort_s, io_abort_s
+
+    def wait_mode(self, mode):
+        self.watchdog.nap_s = NAP_S if mode == "sleep" or (mode == "auto" and self.oversubscribed) else 0.0
+
+    @property
+    def oversubscribed(self):
+        return self.local_size > self.local_cores
 
     def allreduce(self, arr):
         if self.size > 1:
@@ -224,12 +256,16 @@ class SubWorld(MPIWorld):
         self.ranks = self.allgather(parent.rank)  # the parent's rank of each of this world's ranks
         self.whois = [parent.whois[r] for r in self.ranks]
         self.local_size = sum(host == self.whois[self.rank][0] for host, _ in self.whois)
+        self.local_cores = parent.local_cores
 
     step = property(lambda self: self.parent.step, lambda self, v: setattr(self.parent, "step", v))
     phase = property(lambda self: self.parent.phase, lambda self, v: setattr(self.parent, "phase", v))
 
     def watch(self, warn_s, abort_s, io_abort_s=0.0):
         self.parent.watch(warn_s, abort_s, io_abort_s)
+
+    def wait_mode(self, mode):
+        self.parent.wait_mode(mode)
 
     def split(self, color, key=0):
         return _split(self.parent, self.comm, color, key)

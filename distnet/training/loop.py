@@ -94,6 +94,7 @@ def train(cfg, blas_threads=None, observers=()):
     w = comm.world()
     cc = cfg["comm"]
     w.watch(cc["stall_warn_s"], cc["stall_abort_s"], cc["stall_io_abort_s"])
+    w.wait_mode(cc["wait"])
     signals = Signals(w)  # after MPI's start (MPICH takes SIGUSR1 there); a signal from now on stops cleanly
     signals.install()
     try:
