@@ -19,7 +19,7 @@ from pathlib import Path
 
 from . import build
 from .comm import sync as strategies
-from .comm.world import WAIT_MODES
+from .comm.world import WAITS
 from .errors import ConfigError
 from .schema import Input, Key, Output, as_key, check_value, nonfinite, normalized, printable, type_ok
 
@@ -158,9 +158,9 @@ SCHEMA = {
         "stall_warn_s": Key(NUM, 60, ge=0),  # a wait on a collective this long: name the ranks not come (0 = never)
         "stall_abort_s": Key(NUM, 600, ge=0),  # ... in the training step this long: abort, exit 1 (0 = never)
         "stall_io_abort_s": Key(NUM, 3600, ge=0),  # ... elsewhere (setup, evaluation, checkpoints): abort
-        # how a rank waits on a collective: spin, sleep between polls, or auto (sleep when this host runs
-        # more ranks than it has cores, else spin)
-        "wait": Key(str, "auto", choices=WAIT_MODES),
+        # how a rank waits on a collective between polls: yield the core (free when no other process wants
+        # it), spin, or sleep (least CPU)
+        "wait": Key(str, "yield", choices=tuple(WAITS)),
     }, strategies.OPTIONS, {
         "sync": Key(str, "auto", choices=strategies.names),  # gradient-sync strategy (auto: shm on one host
     }),                                                       # with room, else bucketed)

@@ -41,7 +41,7 @@ class Watchdog:
     tick_s = 0.1  # then it looks around this often
     answer_s = 1.0  # how long a probed rank that is waiting may take to answer (at most warn_s, when shorter)
     grace_s = 3.0  # the other waiting ranks abort this long after the reporting rank should have
-    nap_s = 0.0  # sleep between polls (comm.wait): 0 spins, the quickest answer while each rank has a core
+    pause = None  # called between polls (comm.wait, set by the world): None spins
 
     def __init__(self, w, warn_s=0.0, abort_s=0.0, io_abort_s=0.0):
         self.w = w
@@ -57,10 +57,10 @@ class Watchdog:
             start = time.monotonic()
             look = start + self.quiet_s
             stall = None
-            nap = self.nap_s
+            pause = self.pause
             while not done():
-                if nap:
-                    time.sleep(nap)  # let the rank waited for have this core (see nap_s)
+                if pause is not None:
+                    pause()  # hand this core to the rank waited for, if it shares it (comm.wait)
                 now = time.monotonic()
                 if now >= look:
                     look = now + self.tick_s

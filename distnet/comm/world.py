@@ -13,7 +13,9 @@ import os
 import pickle
 import socket
 import sys
+import time
 from contextlib import contextmanager
+from functools import partial
 
 import numpy as np
 
@@ -25,16 +27,11 @@ from .watchdog import Watchdog
 _LAUNCHER_SIZE_VARS = ("SLURM_STEP_NUM_TASKS", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE")
 
 
-NAP_S = 20e-6  # a waiting rank's sleep between polls when it shares cores (the kernel makes it ~70 us)
-WAIT_MODES = ("auto", "spin", "sleep")
-
-
-def _cpus():
-    """The cores this process may run on."""
-    try:
-        return frozenset(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return frozenset(range(os.cpu_count() or 1))
+WAITS = {  # how a rank waits on a collective between polls (comm.wait)
+    "yield": os.sched_yield,  # free when this core has nothing else to run; else the others run first
+    "spin": None,  # poll without pause
+    "sleep": partial(time.sleep, 20e-6),  # the kernel makes it ~70 us: least CPU, slower answers
+}
 
 
 class SerialWorld:
@@ -54,14 +51,10 @@ class SerialWorld:
         finally:
             self.phase = before
 
-    local_cores = 1  # the cores the ranks on this host may run on, together
-    oversubscribed = False  # more ranks on this host than cores
-
     def wait_mode(self, mode):
-        """How a rank waits on a collective (``comm.wait``): "spin" polls without pause, the quickest answer
-        while every rank has a core of its own; "sleep" naps ``NAP_S`` between polls, so that ranks sharing
-        cores hand them to the rank that is still computing instead of spinning through its time slices;
-        "auto" sleeps when this host runs more ranks than it has cores (``oversubscribed``), else spins."""
+        """How a rank waits on a collective (``comm.wait``), between two polls of it: "yield" hands the core to
+        any other process or thread ready to run on it (a rank it waits for, when ranks outnumber cores) and
+        costs nothing when none is; "spin" polls without pause; "sleep" sleeps ~70 us, the least CPU."""
 
     def watch(self, warn_s, abort_s, io_abort_s=0.0):
         """Bound waits: warn after ``warn_s``; abort after ``abort_s`` in the training step and after
@@ -135,24 +128,17 @@ class MPIWorld(SerialWorld):
         self.size = self.comm.Get_size()
         self.ctl = self.comm.Dup()  # the watchdog's messages, apart from training's
         # who is who, known before anything can stall: a stall message names host and pid
-        everyone = self.comm.allgather((socket.gethostname(), os.getpid(), _cpus()))
-        self.whois = [(host, pid) for host, pid, _ in everyone]
+        self.whois = self.comm.allgather((socket.gethostname(), os.getpid()))
         self.local_size = sum(host == self.whois[self.rank][0] for host, _ in self.whois)
-        # the cores this host's ranks may run on, together (a launcher may bind each rank to its own)
-        self.local_cores = len(set().union(*(c for host, _, c in everyone if host == self.whois[self.rank][0])))
         self.watchdog = Watchdog(self)
-        self.wait_mode("auto")
+        self.wait_mode("yield")
         self.windows = []  # shared-memory windows (``shared``); never freed: they live as long as the process
 
     def watch(self, warn_s, abort_s, io_abort_s=0.0):
         self.watchdog.warn_s, self.watchdog.abort_s, self.watchdog.io_abort_s = warn_s, abort_s, io_abort_s
 
     def wait_mode(self, mode):
-        self.watchdog.nap_s = NAP_S if mode == "sleep" or (mode == "auto" and self.oversubscribed) else 0.0
-
-    @property
-    def oversubscribed(self):
-        return self.local_size > self.local_cores
+        self.watchdog.pause = WAITS[mode]
 
     def allreduce(self, arr):
         if self.size > 1:
@@ -256,7 +242,6 @@ class SubWorld(MPIWorld):
         self.ranks = self.allgather(parent.rank)  # the parent's rank of each of this world's ranks
         self.whois = [parent.whois[r] for r in self.ranks]
         self.local_size = sum(host == self.whois[self.rank][0] for host, _ in self.whois)
-        self.local_cores = parent.local_cores
 
     step = property(lambda self: self.parent.step, lambda self, v: setattr(self.parent, "step", v))
     phase = property(lambda self: self.parent.phase, lambda self, v: setattr(self.parent, "phase", v))
