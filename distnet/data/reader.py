@@ -6,6 +6,7 @@ Augmentation (images only) works on the stored values before conversion, so shif
 """
 
 import os
+from pathlib import Path
 
 import numpy as np
 
@@ -18,15 +19,60 @@ DEFAULT_STREAM_BUDGET = 256 << 20
 
 
 def available_memory():
-    """Bytes of physical memory currently available (0 when the platform cannot say)."""
+    """Bytes of memory this process may still take (0 when the platform cannot say): the machine's available
+    memory, or less where a memory cgroup it runs in (a batch scheduler's job, a container) leaves less."""
     try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
-        return 0
+        free = 0
+    room = cgroup_room()
+    return free if room is None else min(free, room) if free else room
+
+
+def _read(path):
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return None
+
+
+def _stat(text, *keys):
+    """The sum of KEYS' values in a memory.stat text (a missing key counts 0)."""
+    values = dict(line.split() for line in text.splitlines() if len(line.split()) == 2)
+    return sum(int(values.get(k, 0)) for k in keys)
+
+
+def cgroup_room(proc="/proc/self/cgroup", root="/sys/fs/cgroup"):
+    """The bytes left under the tightest memory limit of this process's cgroup and its ancestors (cgroup v2
+    ``memory.max``, v1 ``memory.limit_in_bytes``), counting the page cache they hold as free (the kernel
+    reclaims it, shared memory aside); None without a limit or a cgroup file system."""
+    lines = (_read(proc) or "").splitlines()
+    v1 = [line.split(":", 2)[2] for line in lines if line.count(":") >= 2 and "memory" in line.split(":")[1].split(",")]
+    v2 = [line.split(":", 2)[2] for line in lines if line.startswith("0::")]
+    if v1 and Path(root, "memory").is_dir():
+        base, files = Path(root, "memory"), ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_cache",
+                                               "total_shmem")
+        path = v1[0]
+    elif v2 and Path(root, "cgroup.controllers").exists():
+        base, files, path = Path(root), ("memory.max", "memory.current", "file", "shmem"), v2[0]
+    else:
+        return None
+    room = None
+    folder = base / path.lstrip("/")
+    while True:
+        limit, usage, stat = (_read(folder / f) for f in (files[0], files[1], "memory.stat"))
+        if limit is not None and limit.strip().isdigit() and usage is not None and usage.strip().isdigit():
+            limit = int(limit)
+            if limit < 1 << 60:  # v1 says "no limit" with a number near 2**63
+                used = int(usage) - (_stat(stat, files[2]) - _stat(stat, files[3]) if stat else 0)
+                room = max(0, limit - used) if room is None else min(room, max(0, limit - used))
+        if folder == base or base not in folder.parents:
+            return room
+        folder = folder.parent
 
 
 def choose_mode(split, mode, budget):
-    """'memory' when the split fits within BUDGET (default: half the available RAM), else 'stream'."""
+    """'memory' when the split fits within BUDGET (default: half the available memory), else 'stream'."""
     if mode not in MODES:
         raise ConfigError(f"reader mode {mode!r} is not one of {', '.join(MODES)}")
     if mode != "auto":

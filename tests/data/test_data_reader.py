@@ -96,6 +96,92 @@ def test_auto_mode_follows_the_memory_budget(shapes_data):
     assert BatchReader(split, memory_budget_bytes=split.nbytes - 1).mode == "stream"
 
 
+def fake_cgroups(tmp_path, version, levels):
+    """A /proc/self/cgroup file and a cgroup tree under tmp_path; LEVELS: (limit, usage, cache, shmem) from the
+    top group down to this process's own (limit None: no limit)."""
+    root = tmp_path / "sys"
+    names = ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_cache", "total_shmem") if version == 1 else \
+        ("memory.max", "memory.current", "file", "shmem")
+    base = root / "memory" if version == 1 else root
+    base.mkdir(parents=True)
+    if version == 2:
+        (root / "cgroup.controllers").write_text("cpu memory\n")
+    folder = base
+    for i, (limit, usage, cache, shmem) in enumerate(levels):
+        folder = folder / f"g{i}"
+        folder.mkdir()
+        unlimited = 9223372036854771712 if version == 1 else "max"
+        (folder / names[0]).write_text(f"{unlimited if limit is None else limit}\n")
+        (folder / names[1]).write_text(f"{usage}\n")
+        (folder / "memory.stat").write_text(f"{names[2]} {cache}\n{names[3]} {shmem}\nother 5\n")
+    path = "/" + "/".join(f"g{i}" for i in range(len(levels)))
+    proc = tmp_path / "cgroup"
+    proc.write_text(f"4:memory:{path}\n0::/\n" if version == 1 else f"0::{path}\n")
+    return str(proc), str(root)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_the_memory_left_is_the_tightest_cgroup_limit_with_the_page_cache_counted_free(tmp_path, version):
+    from distnet.data.reader import cgroup_room
+
+    mib = 1 << 20
+    # a job's group (limit 1,000 MiB, 600 used of which 300 page cache and 100 of that shared memory) holds this
+    # process's step group (no limit): 1,000 - (600 - 300 + 100) = 600 MiB left
+    proc, root = fake_cgroups(tmp_path, version, [(1000 * mib, 600 * mib, 300 * mib, 100 * mib),
+                                                  (None, 50 * mib, 0, 0)])
+    assert cgroup_room(proc, root) == 600 * mib
+    # a tighter limit below it wins
+    proc, root = fake_cgroups(tmp_path / "b", version, [(1000 * mib, 600 * mib, 300 * mib, 100 * mib),
+                                                        (200 * mib, 150 * mib, 0, 0)])
+    assert cgroup_room(proc, root) == 50 * mib
+    # no limit anywhere, or no cgroup file system: the machine's figure stands
+    proc, root = fake_cgroups(tmp_path / "c", version, [(None, 600 * mib, 0, 0)])
+    assert cgroup_room(proc, root) is None
+    assert cgroup_room(str(tmp_path / "missing"), root) is None
+
+
+def test_auto_streams_a_split_that_fits_the_machine_but_not_the_jobs_memory_cgroup(request, tmp_path):
+    """A real memory cgroup (v1, as on this kind of machine) limited to 256 MiB: inside it the reader's memory
+    figure is the cgroup's room, and "auto" streams a 200 MB split the machine itself would hold in memory."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from ..helpers import need_root, skip_here_fail_in_ci
+
+    need_root(request, "a memory cgroup")
+    own = [line.split(":", 2)[2] for line in Path("/proc/self/cgroup").read_text().splitlines()
+           if line.split(":")[1] == "memory"]
+    if not own or not Path("/sys/fs/cgroup/memory").is_dir():
+        skip_here_fail_in_ci(request, "no cgroup v1 memory controller at /sys/fs/cgroup/memory",
+                             "no cgroup v1 memory controller")
+    group = Path("/sys/fs/cgroup/memory") / own[0].lstrip("/") / f"distnet-test-{os.getpid()}"
+    group.mkdir()
+    try:
+        (group / "memory.limit_in_bytes").write_text(str(256 << 20))
+        script = ("from distnet.data.reader import available_memory, choose_mode\n"
+                  "class Split:\n    nbytes = 200 * 10**6\n"
+                  "print(available_memory() >> 20, choose_mode(Split, 'auto', None))\n")
+
+        def run(inside):
+            enter = (lambda: (group / "cgroup.procs").write_text(str(os.getpid()))) if inside else None
+            r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                               preexec_fn=enter)
+            assert r.returncode == 0, r.stderr
+            left, mode = r.stdout.split()
+            return int(left), mode
+
+        left, mode = run(inside=True)
+        assert 0 < left <= 256 and mode == "stream", (left, mode)
+        left, mode = run(inside=False)
+        if left < 1024:
+            pytest.fail(f"this test needs 1 GiB of free memory outside the cgroup ({left} MiB)")
+        assert mode == "memory"
+    finally:
+        group.rmdir()
+
+
 def test_stream_cache_stays_within_budget(compressed_shapes):
     split = open_dataset(compressed_shapes)["train"]
     budget = 600_000
