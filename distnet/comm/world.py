@@ -289,6 +289,20 @@ def check_launch(size):
                             "'--mpi=pmix' (OpenMPI), or start with the cluster's own mpirun/mpiexec")
 
 
+_LAUNCHER_RANK_VARS = ("SLURM_PROCID", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")
+
+
+def launched():
+    """(variable, processes, this one's rank) when a launcher says it started several processes, else None;
+    read from the environment, without starting MPI."""
+    for var in _LAUNCHER_SIZE_VARS:
+        n = os.environ.get(var, "")
+        if n.isdigit() and int(n) > 1:
+            ranks = [os.environ[v] for v in _LAUNCHER_RANK_VARS if os.environ.get(v, "").isdigit()]
+            return var, int(n), int(ranks[0]) if ranks else 0
+    return None
+
+
 def library_uninitialized():
     """The first line of the version string of the MPI library mpi4py loads, without starting MPI ("" when
     none loads): what a launcher for other processes needs to know (srun's --mpi), from a process that is

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from .. import config as C
+from ..comm.world import launched
 from ..errors import UserError
 from ..training.observers.signals import EXIT_STOPPED
 from . import launch
@@ -91,6 +92,13 @@ def run(args):
         return _report(P.load(args.report), args.report)
     if args.run_point:
         return _run_point(*args.run_point, prefix=args.launcher_prefix)
+    started = launched()
+    if started:  # every process would run the whole sweep: one says so, all exit 2
+        var, n, rank = started
+        if rank:
+            return 2
+        raise UserError(f"distnet sweep starts each point's ranks itself (--ranks P): run it as one process, "
+                        f"not under mpiexec or srun (it was started as one of {n}, {var}={n})")
     plan, folder = _plan(args, base)
     if args.slurm_array:
         path = launch.slurm_array(plan, folder, args.launcher_prefix)
