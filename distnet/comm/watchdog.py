@@ -1,9 +1,10 @@
 """The stall watchdog: a rank waiting too long on a collective says which ranks have not come, and ends the job.
 
 Every wait on a collective goes through ``Watchdog.wait(done)``, a poll of ``done()`` (MPI's Testall). A wait
-that ends quickly costs a clock read per poll and nothing else: no message travels while training goes well.
-After ``quiet_s`` the waiting rank looks around every ``tick_s``: it answers other ranks' probes, and, in the
-training step (phase "step") only:
+that ends quickly costs a clock read per poll and what ``comm.wait`` does between polls (yield the core, by
+default), and nothing else: no message travels while training goes well. After ``quiet_s`` the waiting rank
+sleeps 1 ms between polls (unless ``comm.wait`` spins) and looks around every ``tick_s``: it answers other
+ranks' probes, and, in the training step (phase "step") only:
 - after ``warn_s`` (``comm.stall_warn_s``) it asks every other rank where it is (a small message on the
   world's own control communicator). A rank that is itself waiting answers with its step and phase; a rank
   that answers nothing within ``answer_s`` is the stalled one (stopped, hung in a C call, on a lost host).
@@ -25,6 +26,7 @@ checkpoint slowly is waited for in that phase, never inside the next step.
 
 import sys
 import time
+from functools import partial
 
 from .failures import abort_job
 
@@ -42,6 +44,7 @@ class Watchdog:
     answer_s = 1.0  # how long a probed rank that is waiting may take to answer (at most warn_s, when shorter)
     grace_s = 3.0  # the other waiting ranks abort this long after the reporting rank should have
     pause = None  # called between polls (comm.wait, set by the world): None spins
+    long_pause = staticmethod(partial(time.sleep, 1e-3))  # the pause after quiet_s (unless comm.wait spins)
 
     def __init__(self, w, warn_s=0.0, abort_s=0.0, io_abort_s=0.0):
         self.w = w
@@ -64,6 +67,8 @@ class Watchdog:
                 now = time.monotonic()
                 if now >= look:
                     look = now + self.tick_s
+                    if pause is not None:  # a wait this long (a checkpoint write, a stalled rank): 1 ms
+                        pause = self.long_pause  # later at most, and no core kept busy meanwhile
                     self._answer(now - start)
                     abort_s = self.abort_s if w.phase == WATCHED else self.io_abort_s
                     if self.warn_s or abort_s:
