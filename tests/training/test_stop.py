@@ -19,7 +19,11 @@ pytestmark = pytest.mark.mpi
 
 F64 = ["--set", 'model.dtype="float64"', "--set", "train.log_every=1", "--quiet"]
 STEPS = 40  # the run's length (train.max_steps)
-PAUSE_AT = 10  # rank 0 sleeps before this step (DISTNET_FAULT=sleep): the signal lands in a running job
+PAUSE_AT = 10  # a rank pauses before this step (DISTNET_FAULT=sleep): the signal lands in a running job
+UNTIL_SIGNAL = "30"  # DISTNET_FAULT_SLEEP_S: the pause ends on the signal the test sends, not on a clock
+SLEEP_WAIT = ["--set", 'comm.wait="sleep"']  # a rank waiting seconds for a stalled one sleeps between polls
+# instead of spinning on sched_yield: the watchdog's logic is the same for every comm.wait, and the wait then
+# costs no CPU that another test running beside this one needs
 
 
 def env(**extra):
@@ -74,6 +78,20 @@ def ranks_of(launcher):
     return sorted(found)
 
 
+def rank_pid(launcher, rank, timeout=60):
+    """The pid of the python process of ``rank`` (PMI_RANK in its environment) under ``launcher``."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        for pid in ranks_of(launcher):
+            try:
+                if f"\0PMI_RANK={rank}\0".encode() in b"\0" + Path(f"/proc/{pid}/environ").read_bytes():
+                    return pid
+            except OSError:
+                continue
+        time.sleep(0.02)
+    raise AssertionError(f"no rank {rank} under mpiexec {launcher}")
+
+
 @pytest.fixture(scope="module")
 def reference(spirals_data, tmp_path_factory):
     """The uninterrupted run's final parameter hash."""
@@ -88,12 +106,14 @@ def reference(spirals_data, tmp_path_factory):
                                         (signal.SIGTERM, "launcher"), (signal.SIGINT, "launcher")])
 def test_a_signal_stops_with_a_checkpoint_and_resume_finishes_bitwise_alike(
         tmp_path, spirals_data, reference, sig, target):
+    # rank 1 pauses before step PAUSE_AT until it is sent the signal (directly, or passed on by mpiexec), while
+    # rank 0 waits for it in the step: the signal surely lands in a running job, and nothing waits on a clock
     args = ["train", "spirals-mlp", "--data", spirals_data, "--metrics", tmp_path / "m.jsonl", *F64,
             "--checkpoint-dir", tmp_path / "ck", "--set", f"train.max_steps={STEPS}"]
-    proc = start(args, DISTNET_FAULT=f"sleep@0:{PAUSE_AT}")
+    proc = start(args, DISTNET_FAULT=f"sleep@1:{PAUSE_AT}", DISTNET_FAULT_SLEEP_S=UNTIL_SIGNAL)
     try:
         wait_for_step(proc, tmp_path / "m.jsonl", PAUSE_AT - 1)
-        pid = proc.pid if target == "launcher" else ranks_of(proc.pid)[-1]
+        pid = proc.pid if target == "launcher" else rank_pid(proc.pid, 1)
         os.kill(pid, sig)
         out, err = proc.communicate(timeout=60)
     finally:
@@ -109,6 +129,8 @@ def test_a_signal_stops_with_a_checkpoint_and_resume_finishes_bitwise_alike(
     said = [line for line in err.splitlines() if "stopped by" in line]
     assert len(said) == 1, err
     assert said[0].startswith(f"distnet: stopped by {name}") and f"at step {step} (epoch 1)" in said[0]
+    if target == "rank":  # rank 0 had no signal of its own
+        assert said[0].startswith(f"distnet: stopped by {name} on rank 1 at step"), said[0]
     assert f"checkpoint {saved}; continue with --resume" in said[0]
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
     again = run_distnet([*args, "--resume"], n=2, timeout=120)
@@ -120,7 +142,8 @@ def test_a_signal_stops_with_a_checkpoint_and_resume_finishes_bitwise_alike(
 
 def test_without_a_checkpoint_folder_a_signal_stops_cleanly_and_says_nothing_was_saved(tmp_path, spirals_data):
     proc = start(["train", "spirals-mlp", "--data", spirals_data, "--metrics", tmp_path / "m.jsonl", *F64,
-                  "--set", f"train.max_steps={STEPS}"], DISTNET_FAULT=f"sleep@0:{PAUSE_AT}")
+                  "--set", f"train.max_steps={STEPS}"], DISTNET_FAULT=f"sleep@0:{PAUSE_AT}",
+                 DISTNET_FAULT_SLEEP_S=UNTIL_SIGNAL)
     try:
         wait_for_step(proc, tmp_path / "m.jsonl", PAUSE_AT - 1)
         os.kill(proc.pid, signal.SIGUSR1)
@@ -133,13 +156,15 @@ def test_without_a_checkpoint_folder_a_signal_stops_cleanly_and_says_nothing_was
 
 
 def test_a_second_signal_ends_the_job_at_once(tmp_path, spirals_data):
-    # rank 0 sleeps before step 10; the first signal is noted, the second ends the job without waiting
+    # rank 0 sleeps before step 10 (until it is sent a signal: it is not, so the job can only end by the second
+    # signal, however slow this machine); rank 1 waits for it in the step, is signalled there, and notes the
+    # first signal; the second ends the job without waiting
     proc = start(["train", "spirals-mlp", "--data", spirals_data, "--metrics", tmp_path / "m.jsonl", *F64,
-                  "--checkpoint-dir", tmp_path / "ck", "--set", f"train.max_steps={STEPS}"],
-                 DISTNET_FAULT=f"sleep@0:{PAUSE_AT}")
+                  *SLEEP_WAIT, "--checkpoint-dir", tmp_path / "ck", "--set", f"train.max_steps={STEPS}"],
+                 DISTNET_FAULT=f"sleep@0:{PAUSE_AT}", DISTNET_FAULT_SLEEP_S=UNTIL_SIGNAL)
     try:
         wait_for_step(proc, tmp_path / "m.jsonl", PAUSE_AT - 1)
-        rank = ranks_of(proc.pid)[-1]
+        rank = rank_pid(proc.pid, 1)
         os.kill(rank, signal.SIGTERM)
         time.sleep(0.2)
         os.kill(rank, signal.SIGTERM)  # the same signal delivered twice (directly and by a launcher): one signal
@@ -170,10 +195,12 @@ def stopped_rank(launcher, timeout=60):
 
 def test_a_stopped_rank_is_named_and_the_job_ends_after_the_abort_time(tmp_path, spirals_data):
     # rank 1 stops itself (SIGSTOP) before step 8, inside the training step: a signal sent from here could
-    # land while rank 0 evaluates, a wait bounded by comm.stall_io_abort_s (an hour), not by stall_abort_s
-    warn, abort = 2, 5
+    # land while rank 0 evaluates, a wait bounded by comm.stall_io_abort_s (an hour), not by stall_abort_s.
+    # Rank 0 asks at `warn` s, warns when the answer is overdue (answer_s = 1 s later), aborts at `abort` s: the
+    # two lines come at different times. A legitimate wait would need 2 s (warn + answer_s) to warn too.
+    warn, abort = 1, 2.5
     proc = start(["train", "spirals-mlp", "--data", spirals_data, "--metrics", tmp_path / "m.jsonl",
-                  "--epochs", "300", "--set", "train.log_every=1", "--quiet",
+                  "--epochs", "300", "--set", "train.log_every=1", "--quiet", *SLEEP_WAIT,
                   "--set", f"comm.stall_warn_s={warn}", "--set", f"comm.stall_abort_s={abort}"],
                  DISTNET_FAULT="stop@1:8")
     victim = None
@@ -196,7 +223,7 @@ def test_a_stopped_rank_is_named_and_the_job_ends_after_the_abort_time(tmp_path,
     error = [line for line in err.splitlines() if line.startswith("distnet: error: stall:")]
     assert len(warning) == 1 and len(error) == 1, err
     assert f"(host {os.uname().nodename}, pid {victim}) not responding, last seen at step" in error[0]
-    assert "comm.stall_abort_s = 5" in error[0]
+    assert f"comm.stall_abort_s = {abort:g}" in error[0]
     assert "Traceback" not in err
 
 
@@ -205,8 +232,8 @@ def test_a_slow_checkpoint_write_is_not_taken_for_a_stall(tmp_path, spirals_data
     # aborted after 2 s, but the others wait for off-clock work in the observers' phase, which only warns
     # until comm.stall_io_abort_s (an hour by default)
     r = run_distnet(["train", "spirals-mlp", "--data", spirals_data, "--quiet", "--set", "train.max_steps=20",
-                     "--set", "comm.stall_warn_s=1", "--set", "comm.stall_abort_s=2"], n=2, timeout=120,
-                    env={"DISTNET_FAULT": "slow-save@0:10"})
+                     *SLEEP_WAIT, "--set", "comm.stall_warn_s=1", "--set", "comm.stall_abort_s=2"], n=2,
+                    timeout=120, env={"DISTNET_FAULT": "slow-save@0:10"})
     assert r.returncode == 0, r.stderr
     assert "distnet: error" not in r.stderr, r.stderr
     warnings = [line for line in r.stderr.splitlines() if "stall" in line]
@@ -217,8 +244,8 @@ def test_a_slow_checkpoint_write_is_not_taken_for_a_stall(tmp_path, spirals_data
 def test_a_wait_outside_the_step_is_bounded_too(tmp_path, spirals_data):
     # the same slow write, now longer than comm.stall_io_abort_s: the waiting rank names rank 0 and ends the job
     r = run_distnet(["train", "spirals-mlp", "--data", spirals_data, "--quiet", "--set", "train.max_steps=20",
-                     "--set", "comm.stall_warn_s=1", "--set", "comm.stall_io_abort_s=2"], n=2, timeout=120,
-                    env={"DISTNET_FAULT": "slow-save@0:10", "DISTNET_FAULT_SLEEP_S": "60"})
+                     *SLEEP_WAIT, "--set", "comm.stall_warn_s=1", "--set", "comm.stall_io_abort_s=2"], n=2,
+                    timeout=120, env={"DISTNET_FAULT": "slow-save@0:10", "DISTNET_FAULT_SLEEP_S": "60"})
     assert r.returncode == 1, r.stderr
     error = [line for line in r.stderr.splitlines() if line.startswith("distnet: error: stall:")]
     assert len(error) == 1, r.stderr
@@ -294,8 +321,9 @@ import signal, sys, time
 from distnet import comm
 from distnet.comm import failures
 
-failures.ABORT_EXIT_S = 1.0
+failures.ABORT_EXIT_S = 0.5
 w = comm.world()
+w.wait_mode("sleep")  # rank 1 waits without spinning: the same watchdog, no CPU taken from other tests
 w.watch(0.5, 1.0)
 w.phase = "step"  # bounded by abort_s (the training step)
 if w.rank == 0:
@@ -318,7 +346,7 @@ def test_a_rank_whose_abort_cannot_reach_its_launcher_ends_itself(tmp_path):
     assert r.returncode != 0
     error = [line for line in r.stderr.splitlines() if line.startswith("distnet: error: stall: rank 1 ")]
     assert len(error) == 1 and "for rank 0 (host" in error[0] and "not responding" in error[0], r.stderr
-    assert took < 15, took  # 1 s to the abort, 0.5 s to pass the line on, 1 s until SIGALRM, start-up
+    assert took < 15, took  # 1 s to the abort, 0.5 s to pass the line on, 0.5 s until SIGALRM, start-up
 
 
 def test_abort_job_ends_the_process_when_mpi_abort_returns():
