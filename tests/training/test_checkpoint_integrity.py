@@ -2,6 +2,7 @@
 and a full disk (a real tmpfs) that must leave the previous checkpoint loadable."""
 
 import json
+import shutil
 
 import h5py
 import numpy as np
@@ -130,21 +131,34 @@ def metrics(path):
     return [json.loads(line) for line in open(path)]
 
 
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory, spirals_data):
+    """A 2-rank run that train.max_steps stopped at step 80, inside epoch 2 (62 steps an epoch), with a
+    checkpoint every 20 steps (40, 60 and 80 kept): its folder, holding ck/ and m.jsonl. Tests resume or damage
+    a copy of it."""
+    out = tmp_path_factory.mktemp("stopped")
+    r = run_distnet(["train", "spirals-mlp", "--data", spirals_data, "--checkpoint-dir", out / "ck",
+                     "--metrics", out / "m.jsonl", *SPIRALS, "--set", "train.max_steps=80"], n=2, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert [p.name for p in ckpt.list_checkpoints(out / "ck")] == [ckpt.checkpoint_path(out / "ck", s).name
+                                                                    for s in (40, 60, 80)]
+    return out
+
+
 @pytest.mark.parametrize("damage", [truncate, flip_a_byte], ids=["truncated", "flipped"])
-def test_resume_falls_back_from_a_damaged_newest_checkpoint(tmp_path, spirals_data, damage):
+def test_resume_falls_back_from_a_damaged_newest_checkpoint(tmp_path, spirals_data, stopped_run, damage):
+    shutil.copytree(stopped_run, tmp_path, dirs_exist_ok=True)
     ck, m = tmp_path / "ck", tmp_path / "m.jsonl"
     base = ["train", "spirals-mlp", "--data", spirals_data, "--checkpoint-dir", ck, "--metrics", m, *SPIRALS]
-    r = run_distnet([*base, "--set", "train.max_steps=60"], n=2, timeout=120)
-    assert r.returncode == 0, r.stderr
-    newest = ckpt.checkpoint_path(ck, 60)
+    newest = ckpt.checkpoint_path(ck, 80)
     damage(newest)
     r = run_distnet([*base, "--epochs", "2", "--resume"], n=2, timeout=120)
     assert r.returncode == 0, r.stderr
     warnings = [line for line in r.stderr.splitlines() if "damaged" in line]
     assert len(warnings) == 1 and str(newest) in warnings[0], r.stderr
-    assert f"using {ckpt.checkpoint_path(ck, 40)} instead" in warnings[0]
+    assert f"using {ckpt.checkpoint_path(ck, 60)} instead" in warnings[0]
     start = [x for x in metrics(m) if x["event"] == "start"][-1]
-    assert start["step"] == 40 and start["resumed_from"] == str(ckpt.checkpoint_path(ck, 40))
+    assert start["step"] == 60 and start["resumed_from"] == str(ckpt.checkpoint_path(ck, 60))
     assert start["skipped_checkpoints"] == [str(newest)]
     assert metrics(m)[-1]["event"] == "summary" and metrics(m)[-1]["steps"] == 124
     # distnet eval of the folder takes the newest valid one too (the damaged one was pruned by now: damage again)
@@ -165,14 +179,13 @@ def test_resume_falls_back_from_a_damaged_newest_checkpoint(tmp_path, spirals_da
             [line for line in ev.stderr.splitlines() if "damaged" in line], r.stderr
 
 
-def test_the_resume_line_says_from_where(tmp_path, spirals_data):
+def test_the_resume_line_says_from_where(tmp_path, spirals_data, stopped_run):
     ck = tmp_path / "ck"
-    base = ["train", "spirals-mlp", "--data", spirals_data, "--checkpoint-dir", ck, "--set", "train.log_every=1"]
-    r = run_distnet([*base, "--set", "train.max_steps=70", "--epochs", "3"], timeout=120)
+    shutil.copytree(stopped_run / "ck", ck)  # written on 2 ranks, resumed on 1; one step is enough to say it
+    r = run_distnet(["train", "spirals-mlp", "--data", spirals_data, "--checkpoint-dir", ck, "--epochs", "3",
+                     "--resume", "--set", "train.max_steps=81"], timeout=120)
     assert r.returncode == 0, r.stderr
-    r = run_distnet([*base, "--epochs", "3", "--resume"], n=2, timeout=120)
-    assert r.returncode == 0, r.stderr
-    assert f"distnet: resumed from {ckpt.checkpoint_path(ck, 70)}: step 70, epoch 2 of 3" in r.stdout + r.stderr
+    assert f"distnet: resumed from {ckpt.checkpoint_path(ck, 80)}: step 80, epoch 2 of 3" in r.stdout + r.stderr
 
 
 def test_a_full_disk_stops_the_run_and_keeps_the_previous_checkpoint(tmp_path, spirals_data, tmpfs):

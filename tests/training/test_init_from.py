@@ -16,11 +16,14 @@ F64 = ["--set", "model.dtype=\"float64\"", "--quiet"]
 
 @pytest.fixture(scope="module")
 def source(spirals_data, tmp_path_factory):
-    """A float64 spirals-mlp checkpoint after 30 steps at global batch 64 (adam)."""
+    """A float64 spirals-mlp checkpoint after 30 steps at global batch 64 (adam), trained in this process (the
+    tests read only the checkpoint; they start their own runs from it)."""
+    from distnet import config as C
+    from distnet.training.loop import train
+
     out = tmp_path_factory.mktemp("source")
-    r = run_distnet(["train", "spirals-mlp", "--data", spirals_data, "--checkpoint-dir", out / "ck",
-                     "--set", "train.max_steps=30", *F64], timeout=120)
-    assert r.returncode == 0, r.stderr
+    train(C.load("spirals-mlp", sets=[f'data.path="{spirals_data}"', f'checkpoint.dir="{out / "ck"}"',
+                                      "train.max_steps=30", 'model.dtype="float64"', "log.quiet=true"]))
     return ckpt.latest(out / "ck")
 
 

@@ -125,10 +125,18 @@ def test_resume_with_dropout_is_bitwise_identical(tmp_path, spirals_data):
     assert metrics(tmp_path / "part.jsonl")[-1]["param_hash"] == metrics(tmp_path / "full.jsonl")[-1]["param_hash"]
 
 
-def test_epochs_count_from_one_in_metrics_and_console(tmp_path, spirals_data):
-    m = tmp_path / "m.jsonl"
-    r = run_distnet(["train", "spirals-mlp", "--data", spirals_data, "--epochs", "2", "--metrics", m])
+@pytest.fixture(scope="module")
+def two_epochs(tmp_path_factory, spirals_data):
+    """One 2-epoch run on 2 ranks, console and metrics, that the epoch-count and start-line tests both read:
+    (CompletedProcess, the metrics file)."""
+    m = tmp_path_factory.mktemp("two-epochs") / "m.jsonl"
+    r = run_distnet(["train", "spirals-mlp", "--data", spirals_data, "--epochs", "2", "--metrics", m], n=2)
     assert r.returncode == 0, r.stderr
+    return r, m
+
+
+def test_epochs_count_from_one_in_metrics_and_console(two_epochs):
+    r, m = two_epochs
     lines = metrics(m)
     assert [x["epoch"] for x in lines if x["event"] == "train"][:2] == [1, 1]
     assert {x["epoch"] for x in lines if x["event"] == "train"} == {1, 2}
@@ -137,11 +145,8 @@ def test_epochs_count_from_one_in_metrics_and_console(tmp_path, spirals_data):
     assert "epoch 1/2 step 62: test" in r.stdout and "epoch 2/2 step 124: test" in r.stdout
 
 
-def test_the_start_line_says_what_ran_where(tmp_path, spirals_data):
-    m = tmp_path / "m.jsonl"
-    r = run_distnet(["train", "spirals-mlp", "--data", spirals_data, "--set", "train.max_steps=2", "--metrics", m],
-                    n=2)
-    assert r.returncode == 0, r.stderr
+def test_the_start_line_says_what_ran_where(two_epochs):
+    r, m = two_epochs
     start = metrics(m)[0]
     assert start["event"] == "start" and start["ranks"] == 2 and start["step"] == 0
     assert start["mpi_library"].startswith("MPICH") and "\n" not in start["mpi_library"]

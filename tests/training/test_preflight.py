@@ -68,13 +68,27 @@ def test_a_metrics_file_distnet_did_not_write_is_never_overwritten(tmp_path, spi
     assert sum(1 for line in open(metrics) if '"start"' in line) == 1
 
 
-def test_a_fresh_run_never_writes_into_an_earlier_runs_checkpoints(tmp_path, spirals_data):
+@pytest.fixture(scope="module")
+def earlier_run(tmp_path_factory, spirals_data):
+    """The checkpoint folder of an earlier 1-rank run (trained in this process: only its files matter here),
+    with a checkpoint every 20 steps, stopped at step 40: ckpt-000000020.h5 and ckpt-000000040.h5. Tests that
+    write into it or damage it take a copy."""
+    from distnet import config as C
+    from distnet.training.loop import train as train_here
+
+    ck = tmp_path_factory.mktemp("earlier") / "ck"
+    train_here(C.load("spirals-mlp", sets=[f'data.path="{spirals_data}"', f'checkpoint.dir="{ck}"', "log.quiet=true",
+                                           "checkpoint.every=20", "train.max_steps=40"]))
+    assert sorted(p.name for p in ck.glob("ckpt-*.h5")) == ["ckpt-000000020.h5", "ckpt-000000040.h5"]
+    return ck
+
+
+def test_a_fresh_run_never_writes_into_an_earlier_runs_checkpoints(tmp_path, spirals_data, earlier_run):
     ck = tmp_path / "ck"
-    r, _ = train(spirals_data, "--checkpoint-dir", ck, "--set", "train.max_steps=5", n=None)
-    assert r.returncode == 0, r.stderr
+    shutil.copytree(earlier_run, ck)
     r, _ = train(spirals_data, "--checkpoint-dir", ck)
-    one_error(r, f"checkpoint folder {ck} already holds 1 checkpoint(s) of an earlier run",
-              "ckpt-000000005.h5", "--resume")
+    one_error(r, f"checkpoint folder {ck} already holds 2 checkpoint(s) of an earlier run",
+              "ckpt-000000040.h5", "--resume")
 
 
 # -- the data folder ----------------------------------------------------------------------------------------
@@ -156,13 +170,11 @@ def test_ranks_with_different_copies_of_the_data_stop_with_one_line(tmp_path, sp
     assert r.returncode == 0, r.stderr
 
 
-def test_ranks_that_resume_from_different_checkpoints_stop_with_one_line(tmp_path, spirals_data):
+def test_ranks_that_resume_from_different_checkpoints_stop_with_one_line(tmp_path, spirals_data, earlier_run):
     # each rank its own checkpoint folder (node-local disks): rank 1's newest is damaged, rank 0's is not
     ck0, ck1 = tmp_path / "ck0", tmp_path / "ck1"
-    r, _ = train(spirals_data, "--checkpoint-dir", ck0, "--checkpoint-every", "20", "--set", "train.max_steps=40",
-                 n=None)
-    assert r.returncode == 0, r.stderr
-    shutil.copytree(ck0, ck1)
+    shutil.copytree(earlier_run, ck0)
+    shutil.copytree(earlier_run, ck1)
     newest = sorted(ck1.glob("ckpt-*.h5"))[-1]
     newest.write_bytes(newest.read_bytes()[:1000])
     cmd = [sys.executable, "-m", "distnet", "train", "spirals-mlp", "--quiet", "--data", str(spirals_data),
