@@ -94,15 +94,23 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+BUCKETED = [(1, True, 1, 0), (1 << 30, True, 1, 0), (4096, False, 1, 0), (1, True, 3, 0), (1 << 30, True, 1, 1024),
+            (1, True, 3, 1024), (4096, False, 1, 1024)]
+
+
+@pytest.fixture(scope="module")
+def on_two_ranks(launch_cases):
+    """The 2-rank scripts of this module (every bucketed case, the scatter/gather, the replica check) in one
+    launch: {key: Case}."""
+    cases = {f"bucketed-{b}-{o}-{a}-{s}": SCRIPT.format(bucket_bytes=b, overlap=o, accumulate=a, split_bytes=s)
+             for b, o, a, s in BUCKETED}
+    return launch_cases({**cases, "scatter-gather": SCATTER_GATHER, "replicas": REPLICAS}, n=2, timeout=120)
+
+
 @pytest.mark.mpi
-@pytest.mark.parametrize("bucket_bytes,overlap,accumulate,split_bytes", [
-    (1, True, 1, 0), (1 << 30, True, 1, 0), (4096, False, 1, 0), (1, True, 3, 0), (1 << 30, True, 1, 1024),
-    (1, True, 3, 1024), (4096, False, 1, 1024)])
-def test_bucketed_allreduce_equals_sum_over_ranks(bucket_bytes, overlap, accumulate, split_bytes):
-    r = run_python_mpi(SCRIPT.format(bucket_bytes=bucket_bytes, overlap=overlap, accumulate=accumulate,
-                                     split_bytes=split_bytes), n=2, timeout=60)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.startswith("OK 2"), r.stdout
+@pytest.mark.parametrize("bucket_bytes,overlap,accumulate,split_bytes", BUCKETED)
+def test_bucketed_allreduce_equals_sum_over_ranks(on_two_ranks, bucket_bytes, overlap, accumulate, split_bytes):
+    on_two_ranks[f"bucketed-{bucket_bytes}-{overlap}-{accumulate}-{split_bytes}"].check("OK 2")
 
 
 FAIL = textwrap.dedent("""
@@ -154,23 +162,25 @@ def test_world_of_one_without_mpiexec():
     assert w.allreduce(a) is a and a.tolist() == [0, 1, 2, 3]
 
 
-def test_replica_check_detects_different_parameters():
-    r = run_python_mpi(textwrap.dedent("""
-        from distnet import comm
-        from distnet.nn.layers import Dense
-        from distnet.nn.model import Sequential
-        w = comm.world()
-        m = Sequential([Dense(None, 4)], input_shape=(3,), seed=0)
-        comm.check_replicas(w, m, "at the start")
-        m.params_flat[0] += w.rank
-        try:
-            comm.check_replicas(w, m, "at step 7")
-        except comm.ReplicaMismatch as e:
-            if w.rank == 0:
-                print("MISMATCH", e)
-    """), n=2, timeout=60)
-    assert r.returncode == 0, r.stderr
-    assert "MISMATCH model replicas differ at step 7: ranks [1]" in r.stdout
+REPLICAS = textwrap.dedent("""
+    from distnet import comm
+    from distnet.nn.layers import Dense
+    from distnet.nn.model import Sequential
+    w = comm.world()
+    m = Sequential([Dense(None, 4)], input_shape=(3,), seed=0)
+    comm.check_replicas(w, m, "at the start")
+    m.params_flat[0] += w.rank
+    try:
+        comm.check_replicas(w, m, "at step 7")
+    except comm.ReplicaMismatch as e:
+        if w.rank == 0:
+            print("MISMATCH", e)
+""")
+
+
+@pytest.mark.mpi
+def test_replica_check_detects_different_parameters(on_two_ranks):
+    on_two_ranks["replicas"].check("MISMATCH model replicas differ at step 7: ranks [1]")
 
 
 def test_an_exception_inside_a_synchronized_backward_leaves_nothing_installed():
@@ -223,12 +233,10 @@ SCATTER_GATHER = textwrap.dedent("""
 
 @pytest.mark.mpi
 @pytest.mark.parametrize("n", [2, 3])
-def test_reduce_scatter_and_allgather_in_uneven_parts(n):
-    r = run_python_mpi(SCATTER_GATHER, n=n, timeout=60)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.startswith(f"OK {n}"), r.stdout
-
-
+def test_reduce_scatter_and_allgather_in_uneven_parts(on_two_ranks, launch_cases, n):
+    case = on_two_ranks["scatter-gather"] if n == 2 else launch_cases({"scatter-gather": SCATTER_GATHER}, n=n,
+                                                                      timeout=60)["scatter-gather"]
+    case.check(f"OK {n}")
 
 
 WAIT = textwrap.dedent("""

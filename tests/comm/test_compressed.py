@@ -10,7 +10,7 @@ from distnet import comm
 from distnet.nn.layers import Dense, ReLU
 from distnet.nn.model import Sequential
 
-from ..helpers import TwoRanks, run_python_mpi
+from ..helpers import TwoRanks
 
 
 def test_bf16_rounds_to_nearest_even_on_the_float32_bits():
@@ -102,13 +102,21 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+FORMATS = [("fp16", False, 1e-6), ("fp16", True, 1e3), ("bf16", False, 1.0), ("bf16", True, 1e-30)]
+
+
+@pytest.fixture(scope="module")
+def formats(launch_cases):
+    """Every case of FORMATS in one 2-rank launch: {(fmt, ef, size): Case}."""
+    cases = launch_cases({f"{fmt}-{ef}-{size}": SCRIPT.format(fmt=fmt, ef=ef, size=size) for fmt, ef, size in FORMATS},
+                         n=2, timeout=120)
+    return {(fmt, ef, size): cases[f"{fmt}-{ef}-{size}"] for fmt, ef, size in FORMATS}
+
+
 @pytest.mark.mpi
-@pytest.mark.parametrize("fmt,ef,size", [("fp16", False, 1e-6), ("fp16", True, 1e3), ("bf16", False, 1.0),
-                                         ("bf16", True, 1e-30)])
-def test_compressed_sum_is_the_float32_sum_within_the_formats_rounding(fmt, ef, size):
-    r = run_python_mpi(SCRIPT.format(fmt=fmt, ef=ef, size=size), n=2, timeout=60)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.startswith("OK 2"), r.stdout
+@pytest.mark.parametrize("fmt,ef,size", FORMATS)
+def test_compressed_sum_is_the_float32_sum_within_the_formats_rounding(formats, fmt, ef, size):
+    formats[fmt, ef, size].check("OK 2")
 
 
 def test_one_rank_is_not_compressed():

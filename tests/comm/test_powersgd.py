@@ -10,7 +10,7 @@ from distnet import comm
 from distnet.nn.layers import Conv2D, Dense, Flatten, ReLU
 from distnet.nn.model import Sequential
 
-from ..helpers import TwoRanks, run_python_mpi
+from ..helpers import TwoRanks
 
 pytestmark = pytest.mark.mpi
 
@@ -97,18 +97,22 @@ FEEDBACK = HEAD + textwrap.dedent("""
 """)
 
 
+@pytest.fixture(scope="module")
+def on_two_ranks(launch_cases):
+    """This module's 2-rank scripts in one launch: {key: Case}."""
+    return launch_cases({"exact": EXACT.format(ef=True), "feedback-True": FEEDBACK.format(ef=True),
+                         "feedback-False": FEEDBACK.format(ef=False), "small": SMALL}, n=2, timeout=120)
+
+
 @pytest.mark.parametrize("n", [2, 3])
-def test_a_gradient_of_rank_at_most_r_arrives_exactly(n):
-    r = run_python_mpi(EXACT.format(ef=True), n=n, timeout=60)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.startswith(f"OK {n}"), r.stdout
+def test_a_gradient_of_rank_at_most_r_arrives_exactly(on_two_ranks, launch_cases, n):
+    case = on_two_ranks["exact"] if n == 2 else launch_cases({"exact": EXACT.format(ef=True)}, n=n, timeout=60)["exact"]
+    case.check(f"OK {n}")
 
 
 @pytest.mark.parametrize("ef", [True, False])
-def test_error_feedback_tracks_the_true_running_sum(ef):
-    r = run_python_mpi(FEEDBACK.format(ef=ef), n=2, timeout=60)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.startswith("OK 2"), r.stdout
+def test_error_feedback_tracks_the_true_running_sum(on_two_ranks, ef):
+    on_two_ranks[f"feedback-{ef}"].check("OK 2")
 
 
 def test_which_gradients_are_compressed():
@@ -154,8 +158,7 @@ SMALL = textwrap.dedent("""
 """)
 
 
-def test_a_small_problem_still_trains_to_near_zero_loss():
-    r = run_python_mpi(SMALL, n=2, timeout=120)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.startswith("OK"), r.stdout
-    assert float(r.stdout.split()[1]) < 0.01, r.stdout
+def test_a_small_problem_still_trains_to_near_zero_loss(on_two_ranks):
+    case = on_two_ranks["small"]
+    case.check("OK")
+    assert float(case.stdout.split()[1]) < 0.01, case.stdout

@@ -12,16 +12,20 @@ from distnet.cli import main
 from distnet.sweep.fit import fit
 from distnet.sweep.plan import parse_batch_sizes
 
-from ..helpers import assert_not_blank, png_size, rows, run_distnet
+from ..helpers import assert_not_blank, png_size, rows
 
 # spirals: 3,600 training samples after the 10 % hold-out; batch 1024 takes 3 steps an epoch, 256 takes 14
 TINY = ["--batch-sizes", "256,1024", "--epochs", "3", "--target", "accuracy=0.55", "--full-curves",
         "--no-progress"]
 
 
-def sweep(folder, data, *extra, env=None, timeout=240):
-    return run_distnet(["sweep", "spirals-mlp", "--data", data, "--out", folder, *TINY, *extra], env=env,
-                       timeout=timeout)
+@pytest.fixture
+def sweep(distnet):
+    """sweep(folder, data, *extra, env=None): a TINY sweep (the ``distnet`` fixture: in this process)."""
+    def run(folder, data, *extra, env=None):
+        return distnet("sweep", "spirals-mlp", "--data", data, "--out", folder, *TINY, *extra, env=env)
+
+    return run
 
 
 # ---- the fit ----
@@ -107,7 +111,7 @@ def test_missing_data_report_of_no_sweep_and_other_settings(tmp_path, spirals_da
     assert main([*common, "--batch-sizes", "64,128"]) == 0  # the same settings again: continued
 
 
-def test_more_batch_sizes_grow_a_sweep_and_keep_its_points(tmp_path, spirals_data):
+def test_more_batch_sizes_grow_a_sweep_and_keep_its_points(tmp_path, spirals_data, sweep):
     out = tmp_path / "s"
     r = sweep(out, spirals_data, "--batch-sizes", "1024")
     assert r.returncode == 0, r.stdout + r.stderr
@@ -154,7 +158,7 @@ def test_the_first_difference_of_two_settings():
 
 # ---- Slurm array, --run-point, --report ----
 
-def test_slurm_array_script_and_report_of_the_points_run(tmp_path, spirals_data, capsys):
+def test_slurm_array_script_and_report_of_the_points_run(tmp_path, spirals_data, capsys, distnet):
     out = tmp_path / "s"
     assert main(["sweep", "spirals-mlp", "--data", spirals_data, "--out", out, "--ranks", "2", "--lr-grid",
                  "0.5,1", "--repeats", "2", *TINY, "--slurm-array", "--launcher-prefix", "nice -n 5"]) == 0
@@ -175,9 +179,9 @@ def test_slurm_array_script_and_report_of_the_points_run(tmp_path, spirals_data,
         assert main(["sweep", "--run-point", out, "6"]) == 2
     assert "point b01024-lr1-s0 of" in capsys.readouterr().err
     # what one array task does (here without Slurm: mpiexec), then the collection
-    r = run_distnet(["sweep", "--run-point", out, "6"], timeout=120)
+    r = distnet("sweep", "--run-point", out, "6", timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
-    r = run_distnet(["sweep", "--report", out], timeout=120)
+    r = distnet("sweep", "--report", out, timeout=120)
     assert r.returncode == 0 and "1 of 8 points done" in r.stderr, r.stderr
     got = rows(out)
     assert got["b01024-lr1-s0"]["status"] == "reached" and got["b00256-lr1-s0"]["status"] == "pending"
@@ -188,7 +192,7 @@ def test_slurm_array_script_and_report_of_the_points_run(tmp_path, spirals_data,
 
 # ---- a sweep interrupted and run again ----
 
-def test_an_interrupted_sweep_keeps_finished_points_and_resumes_the_other(tmp_path, spirals_data):
+def test_an_interrupted_sweep_keeps_finished_points_and_resumes_the_other(tmp_path, spirals_data, sweep):
     out = tmp_path / "s"
     # batch 256 runs first; its rank dies at step 20, after its first checkpoint (epoch 1, step 14); batch
     # 1024 (9 steps) never gets there and finishes
@@ -229,10 +233,10 @@ def test_an_interrupted_sweep_keeps_finished_points_and_resumes_the_other(tmp_pa
         assert_not_blank(out / name)
 
 
-def test_an_adaptive_batch_point_is_compared_with_the_fixed_ones(tmp_path, spirals_data):
+def test_an_adaptive_batch_point_is_compared_with_the_fixed_ones(tmp_path, spirals_data, distnet):
     out = tmp_path / "s"
-    r = run_distnet(["sweep", "spirals-mlp", "--data", spirals_data, "--out", out, "--batch-sizes", "64,512",
-                     "--ranks", "2", "--epochs", "6", "--target", "accuracy=0.6", "--auto"], timeout=240)
+    r = distnet("sweep", "spirals-mlp", "--data", spirals_data, "--out", out, "--batch-sizes", "64,512",
+                "--ranks", "2", "--epochs", "6", "--target", "accuracy=0.6", "--auto")
     assert r.returncode == 0, r.stdout + r.stderr
     # stderr is not a terminal: no bar, a line per point instead
     lines = [t for t in r.stderr.splitlines() if t.startswith("distnet sweep: point ")]
@@ -248,11 +252,11 @@ def test_an_adaptive_batch_point_is_compared_with_the_fixed_ones(tmp_path, spira
     assert "Best fixed batch by time to target:" in report
 
 
-def test_a_target_ends_the_run_at_the_evaluation_that_reaches_it(tmp_path, spirals_data):
+def test_a_target_ends_the_run_at_the_evaluation_that_reaches_it(tmp_path, spirals_data, distnet):
     m = tmp_path / "m.jsonl"
-    r = run_distnet(["train", "spirals-mlp", "--data", spirals_data, "--metrics", m, "--quiet", "--set",
-                     "data.val_fraction=0.1", "--set", "train.eval_growth=0.1", "--set",
-                     'train.target="loss=0.6"'], timeout=120)
+    r = distnet("train", "spirals-mlp", "--data", spirals_data, "--metrics", m, "--quiet", "--set",
+                "data.val_fraction=0.1", "--set", "train.eval_growth=0.1", "--set", 'train.target="loss=0.6"',
+                timeout=120)
     assert r.returncode == 0, r.stderr
     lines = [json.loads(t) for t in m.read_text().splitlines()]
     val = [x for x in lines if x["event"] == "eval" and x["split"] == "val"]
@@ -264,13 +268,13 @@ def test_a_target_ends_the_run_at_the_evaluation_that_reaches_it(tmp_path, spira
 
 # ---- distnet plot ----
 
-def test_plot_draws_learning_curves_of_runs(tmp_path, spirals_data, capsys):
+def test_plot_draws_learning_curves_of_runs(tmp_path, spirals_data, capsys, distnet):
     runs = []
     for b, noise in ((128, 1), (512, 1), (256, 0)):
         m = tmp_path / f"b{b}.jsonl"
-        r = run_distnet(["train", "spirals-mlp", "--data", spirals_data, "--epochs", "2", "--batch-size", b,
-                         "--metrics", m, "--quiet", "--set", "data.val_fraction=0.1", "--set",
-                         "train.log_every=2", "--set", f"train.noise_every={noise}"], timeout=120)
+        r = distnet("train", "spirals-mlp", "--data", spirals_data, "--epochs", "2", "--batch-size", b,
+                    "--metrics", m, "--quiet", "--set", "data.val_fraction=0.1", "--set", "train.log_every=2",
+                    "--set", f"train.noise_every={noise}", timeout=120)
         assert r.returncode == 0, r.stderr
         runs.append(m)
     for x in ("steps", "samples", "time"):  # with the noise scale: 2 x 2 panels, 11 x 7.5 inches at 120 dpi

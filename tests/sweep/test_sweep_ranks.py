@@ -12,7 +12,7 @@ from distnet.sweep import launch
 from distnet.sweep import plan as P
 from distnet.sweep.report import scaling, steps_fit, summarize
 
-from ..helpers import assert_not_blank, png_size, rows, run_distnet
+from ..helpers import assert_not_blank, png_size, rows
 
 TARGET = ["--target", "accuracy=0.55"]
 
@@ -150,17 +150,17 @@ def test_strong_and_weak_scaling_efficiency_from_hand_made_rows():
 # ---- a real sweep on 1 and 2 ranks: interrupted, continued, reported ----
 
 @pytest.mark.mpi
-def test_a_sweep_over_rank_counts_resumes_and_reports_scaling(tmp_path, spirals_data):
+def test_a_sweep_over_rank_counts_resumes_and_reports_scaling(tmp_path, spirals_data, distnet):
     out = tmp_path / "s"
     # 256: 14 steps an epoch, 28 in all; on 2 ranks rank 1 dies at step 20, after the checkpoint at 14 (a rank 1
     # only the 2-rank points have; 512, 14 steps, never gets there)
     args = sweep_args(spirals_data, out, "--batch-sizes", "256,512", "--ranks", "1,2", "--epochs", "2",
                       "--full-curves", "--no-progress")
-    r = run_distnet(args, env={"DISTNET_FAULT": "crash@1:20"}, timeout=240)
+    r = distnet(*args, env={"DISTNET_FAULT": "crash@1:20"})
     assert r.returncode == 1, r.stdout + r.stderr
     assert "1 point(s) failed: p2-b00256-lr1-s0;" in r.stderr
     done = (out / "p2-b00512-lr1-s0" / "metrics.jsonl").read_text()
-    r = run_distnet(args, timeout=240)
+    r = distnet(*args)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "4 points in" in r.stderr and "3 done, 1 to resume" in r.stderr
     assert (out / "p2-b00512-lr1-s0" / "metrics.jsonl").read_text() == done
