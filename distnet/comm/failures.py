@@ -77,7 +77,7 @@ def agreed(w):
         raise Stop(None, code, detail[0])
 
 
-FORWARD_S = 0.5  # abort_job's pause between the last line and MPI_Abort
+FORWARD_S = 0.5  # abort_job's pause between the last line and MPI_Abort: hydra's abort drops unread output
 
 
 def abort_job(w, code, exit_s=None):
@@ -124,7 +124,6 @@ def run_on_every_rank(w, body):
         return fail_alone(w, e)
 
 
-FORWARD_S = 0.5  # a rank's pause between its last line and MPI_Abort: hydra's abort drops unread output
 LATER_S = 2.0  # a rank other than 0 says it was stopped only this much later (rank 0, also signalled, first)
 
 
@@ -148,5 +147,4 @@ def stopped(w, error):
         time.sleep(LATER_S)
     print(f"distnet: stopped by {name_of(error)}" + (f" on rank {w.rank}" if w.rank else ""), file=sys.stderr,
           flush=True)
-    time.sleep(FORWARD_S)
-    abort_job(w, EXIT_STOPPED)
+    abort_job(w, EXIT_STOPPED)  # after FORWARD_S, for the line to reach the launcher
