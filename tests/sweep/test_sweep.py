@@ -236,7 +236,7 @@ def test_an_interrupted_sweep_keeps_finished_points_and_resumes_the_other(tmp_pa
 def test_an_adaptive_batch_point_is_compared_with_the_fixed_ones(tmp_path, spirals_data, distnet):
     out = tmp_path / "s"
     r = distnet("sweep", "spirals-mlp", "--data", spirals_data, "--out", out, "--batch-sizes", "64,512",
-                "--ranks", "2", "--epochs", "6", "--target", "accuracy=0.6", "--auto")
+                "--ranks", "2", "--epochs", "10", "--target", "accuracy=0.85", "--auto")
     assert r.returncode == 0, r.stdout + r.stderr
     # stderr is not a terminal: no bar, a line per point instead
     lines = [t for t in r.stderr.splitlines() if t.startswith("distnet sweep: point ")]
@@ -246,7 +246,8 @@ def test_an_adaptive_batch_point_is_compared_with_the_fixed_ones(tmp_path, spira
     log = (out / "bauto-lr1-s0" / "log.txt").read_text()
     assert "--batch-size auto --set train.batch_min=64 --set train.batch_max=512" in log
     got = rows(out)["bauto-lr1-s0"]
-    assert got["auto"] == "yes" and got["status"] == "reached" and int(got["final_batch"]) >= 64
+    # a target that takes ~200 steps: the batch grows on the way (three times here; 0.6 was reached at step 1)
+    assert got["auto"] == "yes" and got["status"] == "reached" and int(got["final_batch"]) > 64, got
     report = (out / "report.md").read_text()
     assert "## Adaptive batch" in report and "| bauto-lr1-s0 | reached |" in report
     assert "Best fixed batch by time to target:" in report
