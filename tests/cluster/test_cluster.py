@@ -62,7 +62,10 @@ def slurm_port(prefix):
 
 
 PREFIX = free_prefix()  # this run's namespaces, apart from a user's cluster (prefix dn) and other runs'
-EPOCHS = 3
+# The compared runs: 2 epochs of 62 steps (124 > 100, the resume point of test_resume_across_hosts), enough to
+# cross an epoch's end (the next epoch's sample order, an epoch-end checkpoint) and to compare every step's loss
+# and the final parameters bitwise; the cost of a run is mostly its start-up
+EPOCHS = 2
 TRAIN = ["spirals-mlp", "--epochs", str(EPOCHS), "--set", 'model.dtype="float64"',
          "--set", "train.log_every=1", "--set", "checkpoint.keep=1000", "--quiet"]
 LONG = ["spirals-mlp", "--epochs", "500", "--set", "train.log_every=1", "--quiet"]
@@ -162,13 +165,15 @@ def python_processes_with(text):
     return found
 
 
-def wait_until(what, condition, timeout):
+def wait_until(what, condition, timeout, explain=None, every=0.05):
+    """Poll ``condition`` every ``every`` seconds until it holds; past ``timeout`` seconds fail, with what
+    ``explain()`` says, if given."""
     t = time.monotonic()
     while time.monotonic() - t < timeout:
         if condition():
             return time.monotonic() - t
-        time.sleep(0.05)
-    pytest.fail(f"{what}: not within {timeout} s")
+        time.sleep(every)
+    pytest.fail(f"{what}: not within {timeout} s" + (f"\n{explain()}" if explain else ""))
 
 
 def train_lines(path):
@@ -282,12 +287,14 @@ def reference(spirals_data, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def hydra_two_hosts(hosts, spirals_data, tmp_path_factory):
-    """2 ranks on h1 and h2 under hydra with distnet choosing BLAS threads; the metrics, link bytes, renames."""
+    """2 ranks on h1 and h2 under hydra with distnet choosing BLAS threads, a checkpoint every 50 steps (one
+    mid-epoch, at step 100, for test_resume_across_hosts); the metrics, link bytes, renames."""
     out = tmp_path_factory.mktemp("hydra2")
     (out / "ck").mkdir()
     watch = RenameWatch(out / "ck")
     before = {h: link_bytes(h) for h in ("h1", "h2")}
-    r = on("h1", hydra("h1,h2", 2, 1, distnet(*train_args(spirals_data, out))), threads=None)
+    r = on("h1", hydra("h1,h2", 2, 1, distnet(*train_args(spirals_data, out, "--checkpoint-every", "50"))),
+           threads=None)
     after = {h: link_bytes(h) for h in ("h1", "h2")}
     assert r.returncode == 0, r.stdout + r.stderr
     traffic = {h: (after[h][0] - before[h][0], after[h][1] - before[h][1]) for h in before}
@@ -333,20 +340,22 @@ def test_start_line_names_hosts_and_per_host_blas_threads(hydra_two_hosts):
 
 
 def test_resume_across_hosts_continues_the_run(hosts, hydra_two_hosts, reference, spirals_data, tmp_path):
+    # from the checkpoint the two-host run wrote mid-epoch, at step 100; resumed with the hosts the other way round
     stop = 100
-    part = on("h1", hydra("h1,h2", 2, 1, distnet(*train_args(spirals_data, tmp_path, "--set",
-                                                                 f"train.max_steps={stop}"))))
-    assert part.returncode == 0, part.stdout + part.stderr
-    assert summary(metrics(tmp_path / "m.jsonl"))["steps"] == stop
+    (tmp_path / "ck").mkdir()
+    shutil.copy(hydra_two_hosts["out"] / "ck" / f"ckpt-{stop:09d}.h5", tmp_path / "ck")
     rest = on("h1", hydra("h2,h1", 2, 1, distnet(*train_args(spirals_data, tmp_path, "--resume"))))
     assert rest.returncode == 0, rest.stdout + rest.stderr
     lines = metrics(tmp_path / "m.jsonl")
+    assert lines[0]["event"] == "start" and lines[0]["hosts"] == {"h2": [0], "h1": [1]}
+    assert losses(lines)[0][0] == stop + 1
     assert [x for x in losses(lines) if x[0] > stop] == [x for x in losses(reference) if x[0] > stop]
     assert summary(lines)["param_hash"] == summary(reference)["param_hash"]
 
 
 def test_two_hosts_by_two_ranks_follow_the_four_rank_trajectory(hosts, spirals_data, tmp_path):
-    short = ["--set", "train.max_steps=70"]  # past the first epoch's end (62 steps): four ranks on two cores are slow
+    # past the first epoch's end (15 steps of 256): four ranks on two cores are slow
+    short = ["--batch-size", "256", "--set", "train.max_steps=18"]
     one = run_distnet(["train", *train_args(spirals_data, tmp_path / "one", *short)], n=4, timeout=120)
     assert one.returncode == 0, one.stderr
     two = on("h1", hydra("h1,h2", 4, 2, distnet(*train_args(spirals_data, tmp_path / "two", *short))), threads=None)
@@ -383,19 +392,23 @@ MARGIN_S = 3
 def tagged(tag, attempt=None):
     """(namespace, pid, command) of every process on any of this run's hosts that belongs to the job tagged
     ``tag`` (its environment has DISTNET_TEST_TAG=tag: launchers, proxies, ranks), of ``attempt`` only if given."""
+    # a process is on a host when its network namespace is the host's (what `ip netns pids` compares)
+    hosts = {os.stat(f"/run/netns/{PREFIX}-{host}").st_ino: host for host in ("h1", "h2", "h3")}
     found = []
-    for host in ("h1", "h2", "h3"):
-        ns = f"{PREFIX}-{host}"
-        pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True, timeout=10).stdout.split()
-        for pid in pids:
-            try:
-                environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            host = hosts.get(os.stat(p / "ns" / "net").st_ino)
+            if host is None:
                 continue
-            if f"DISTNET_TEST_TAG={tag}".encode() in environ and (
-                    attempt is None or f"DISTNET_ATTEMPT={attempt}".encode() in environ):
-                found.append((host, int(pid), cmd[:80]))
+            environ = (p / "environ").read_bytes().split(b"\0")
+            cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if f"DISTNET_TEST_TAG={tag}".encode() in environ and (
+                attempt is None or f"DISTNET_ATTEMPT={attempt}".encode() in environ):
+            found.append((host, int(p.name), cmd[:80]))
     return found
 
 
@@ -521,10 +534,12 @@ def unshape(host):
 
 
 def test_a_trickle_link_is_warned_about_and_aborted_only_past_the_bound(hosts, spirals_data, tmp_path):
-    """h3's link shaped to a trickle (192 kbit/s: a step takes about a second, less than comm.stall_abort_s):
-    the ranks warn, naming the other side's host, and go on; shaped down to nearly nothing, the job is aborted,
-    by a rank that has waited comm.stall_abort_s, and within that bound plus a margin."""
-    tag, abort_s = f"trickle-{PREFIX}", 3
+    """h3's link shaped to a trickle (192 kbit/s: a step takes about 0.95 s, the link's pace whatever the load:
+    long enough to be warned about, since a wait is first looked at after 0.5 s and the answers take 0.3 s, and
+    under half of comm.stall_abort_s): the ranks warn, naming the other side's host, and go on; shaped down to
+    nearly nothing, the job is aborted, by a rank that has waited comm.stall_abort_s, and within that bound plus
+    a margin."""
+    tag, abort_s = f"trickle-{PREFIX}", 2
     out = tmp_path / "m.jsonl"
     # each rank's stderr in a file of its own (the launcher's output would mix them)
     cmd = ["sh", "-c", f'exec "$@" 2>"{tmp_path}/err.$PMI_RANK"', "rank",
@@ -602,17 +617,80 @@ def sbatch(slurm, tmp_path, args, *options, env=None):
             CLUSTER / "slurm.sbatch", *args], extra
 
 
-def test_sbatch_template_runs_one_job_across_two_nodes(slurm, reference, spirals_data, tmp_path):
-    cmd, env = sbatch(slurm, tmp_path, [*TRAIN, "--data", spirals_data], "--wait", "--parsable")
-    r = on("h1", cmd, env=env, timeout=180)
-    assert r.returncode == 0, r.stdout + r.stderr + "".join(p.read_text() for p in tmp_path.glob("*.out"))
-    job = r.stdout.strip().split(";")[0]
-    lines = metrics(tmp_path / f"{job}.jsonl")
-    assert summary(lines)["ranks"] == 2
-    assert losses(lines) == losses(reference)
-    assert summary(lines)["param_hash"] == summary(reference)["param_hash"]
-    assert sorted((tmp_path / job).glob("ckpt-*.h5"))
+def submit(cmd, env):
+    """Run an ``sbatch --parsable`` command line on h1; the job's id."""
+    r = on("h1", cmd, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout.strip().split(";")[0]
 
+
+def ctl(slurm, *cmd):
+    """A Slurm client command (scontrol, sinfo) in h1's network namespace, without the rest of a host (its own
+    host name, PIDs, /dev/shm): what the tests poll Slurm with, at a third of the cost of ``on("h1", ...)``."""
+    return subprocess.run(["ip", "netns", "exec", f"{PREFIX}-h1", *map(str, cmd)], capture_output=True, text=True,
+                          timeout=60, env=environment(slurm))
+
+
+def job_state(slurm, job):
+    """``scontrol -o show job JOB``: a line per job (per task of an array job); fails once Slurm has forgotten
+    the job (MinJobAge after its end), which a poll every fraction of a second never lets happen unnoticed."""
+    r = ctl(slurm, "scontrol", "-o", "show", "job", job)
+    assert r.returncode == 0 and r.stdout.strip(), f"job {job} unknown to Slurm: {r.stderr}"
+    return r.stdout
+
+
+ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE",
+         "OUT_OF_MEMORY")
+
+
+def wait_job(slurm, job, timeout, logs):
+    """Wait for JOB (every task of an array job) to end, and fail unless each completed with exit code 0: what
+    ``sbatch --wait`` does, but ``sbatch --wait`` looks every 2 s, this every 0.2 s. ``logs``: the files whose
+    text a failure shows."""
+    def ended():
+        states = job_state(slurm, job).splitlines()
+        return all(any(f"JobState={e} " in line for e in ENDED) for line in states) and states
+
+    def explain():
+        return "".join(Path(f).read_text() for f in logs if Path(f).exists())
+
+    wait_until(f"the end of job {job}", ended, timeout, explain, every=0.2)
+    states = job_state(slurm, job).splitlines()
+    assert all("JobState=COMPLETED " in line and " ExitCode=0:0 " in line for line in states), \
+        "\n".join(states) + explain()
+
+
+def nodes_idle(slurm):
+    return set(ctl(slurm, "sinfo", "-h", "-N", "-o", "%T").stdout.split()) == {"idle"}
+
+
+def run_requeued(slurm, job, timeout, explain):
+    """Wait for a requeued JOB to complete, letting it start at once whenever it is pending: Slurm holds a
+    requeued job for two minutes (``scontrol update StartTime=now`` skips that; a requeue from inside the running
+    job may set the hold again after an update, so it is skipped as often as it is pending). Not before its
+    nodes are done with the killed run and the clock is past the second in which they were: a node refuses a
+    job whose credential is not newer, in whole seconds, than the kill of its previous run ("Job credential
+    revoked"), and the job fails."""
+    ready = [None]  # when the nodes were seen idle with the job pending
+
+    def completed():
+        state = job_state(slurm, job)
+        if "JobState=PENDING " in state:
+            if ready[0] is None and nodes_idle(slurm):
+                ready[0] = time.time()
+            if ready[0] is not None and int(time.time()) > int(ready[0]):
+                ctl(slurm, "scontrol", "update", f"JobId={job}", "StartTime=now")
+                ready[0] = time.time()  # and again a second later, if still pending
+        else:
+            ready[0] = None
+        assert not any(f"JobState={e} " in state for e in ENDED if e != "COMPLETED"), state + explain()
+        return "JobState=COMPLETED " in state
+
+    wait_until("the requeued job's end", completed, timeout, explain, every=0.2)
+
+
+# (the srun tests first: srun gets its allocation at once, while slurmctld schedules the first batch job only
+# about 3 s after its start)
 
 def test_srun_with_pmi2_gives_every_rank_its_place(slurm, reference, spirals_data, tmp_path):
     r = on("h1", ["srun", "-N", "2", "-n", "2", "--mpi=pmi2", *distnet(*train_args(spirals_data, tmp_path))],
@@ -633,80 +711,91 @@ def test_srun_without_pmi_stops_every_process_naming_the_fix(slurm, spirals_data
     assert not (tmp_path / "m.jsonl").exists() or not losses(metrics(tmp_path / "m.jsonl"))
 
 
+def test_sbatch_template_runs_one_job_across_two_nodes(slurm, reference, spirals_data, tmp_path):
+    cmd, env = sbatch(slurm, tmp_path, [*TRAIN, "--data", spirals_data], "--parsable")
+    job = submit(cmd, env)
+    wait_job(slurm, job, 180, [tmp_path / f"{job}.out"])
+    lines = metrics(tmp_path / f"{job}.jsonl")
+    assert summary(lines)["ranks"] == 2
+    assert losses(lines) == losses(reference)
+    assert summary(lines)["param_hash"] == summary(reference)["param_hash"]
+    assert sorted((tmp_path / job).glob("ckpt-*.h5"))
+
+
 def test_scancel_ends_every_rank_on_every_node(slurm, spirals_data, tmp_path):
     cmd, env = sbatch(slurm, tmp_path, [*LONG, "--data", spirals_data], "--parsable")
-    r = on("h1", cmd, env=env)
-    assert r.returncode == 0, r.stderr
-    job = r.stdout.strip().split(";")[0]
+    job = submit(cmd, env)
     metrics_file = tmp_path / f"{job}.jsonl"
     wait_until("the job's first steps", lambda: train_lines(metrics_file) >= 5, 60)
     assert len(python_processes_with(str(metrics_file))) == 2  # a rank on each node
     r = on("h1", ["scancel", job], env=slurm)
     assert r.returncode == 0, r.stderr
     wait_until("every rank gone after scancel", lambda: not python_processes_with(str(metrics_file)), 30)
-    wait_until("the job cancelled", lambda: "JobState=CANCELLED" in on(
-        "h1", ["scontrol", "-o", "show", "job", job], env=slurm).stdout, 30)
+    wait_until("the job cancelled", lambda: "JobState=CANCELLED" in job_state(slurm, job), 30, every=0.1)
+
+
+def slurm_explain(slurm, job, out):
+    """What a failed wait on a Slurm job shows: its state, its output, slurmctld's and slurmd's last lines."""
+    def explain():
+        state = ctl(slurm, "scontrol", "-o", "show", "job", job)
+        logs = [STATE_ROOT / PREFIX / "slurm" / "ctld" / "slurmctld.log",
+                *sorted((STATE_ROOT / PREFIX / "slurm").glob("h*/slurmd.log"))]
+        return "\n".join([state.stdout + state.stderr, out.read_text() if out.exists() else "(no output)",
+                          *("".join(open(f).readlines()[-20:]) for f in logs if f.exists())])
+    return explain
 
 
 def test_the_time_limit_warning_stops_with_a_checkpoint_and_the_requeued_job_finishes_alike(
         slurm, reference, spirals_data, tmp_path):
     # rank 0 pauses before step 10 until it gets a signal (DISTNET_FAULT=sleep), so that the warning lands in a
-    # running job however slowly Slurm passes it on
+    # running job however slowly Slurm passes it on. Sent once the 10th train line is out: the ranks then agree
+    # to stop after step 10 at the earliest, so that the requeued job, which has the same DISTNET_FAULT, resumes
+    # past the pause (sent earlier, the stop could come at step 10 and the resumed job pause there again)
     cmd, env = sbatch(slurm, tmp_path, [*TRAIN, "--data", spirals_data], "--parsable", "--requeue",
                       "--open-mode=append", env={"DISTNET_FAULT": "sleep@0:10", "DISTNET_FAULT_SLEEP_S": "100",
                                            "DISTNET_REQUEUE_ON_TIMEOUT": "1"})
-    r = on("h1", cmd, env=env)
-    assert r.returncode == 0, r.stderr
-    job = r.stdout.strip().split(";")[0]
-    wait_until("the job's first steps", lambda: train_lines(tmp_path / f"{job}.jsonl") >= 9, 60)
+    job = submit(cmd, env)
+    out = tmp_path / f"{job}.out"
+    explain = slurm_explain(slurm, job, out)
+    wait_until("the job's first steps", lambda: train_lines(tmp_path / f"{job}.jsonl") >= 10, 60, explain)
     # the time-limit warning (--signal=B:USR1@120), sent by hand: the batch script passes it on to srun
     r = on("h1", ["scancel", "--batch", "--signal=USR1", job], env=slurm)
     assert r.returncode == 0, r.stderr
-    out = tmp_path / f"{job}.out"
-    wait_until("the ranks' graceful stop", lambda: "distnet: stopped by SIGUSR1" in out.read_text(), 60)
-    wait_until("the job back in the queue", lambda: "JobState=PENDING" in on(
-        "h1", ["scontrol", "-o", "show", "job", job], env=slurm).stdout, 30)
+    wait_until("the ranks' graceful stop", lambda: "distnet: stopped by SIGUSR1" in out.read_text(), 60, explain)
+    wait_until("the job back in the queue", lambda: "JobState=PENDING" in job_state(slurm, job), 30, explain, every=0.1)
     stop = [m for m in metrics(tmp_path / f"{job}.jsonl") if m["event"] == "stop"]
     # srun passes the signal on to each host separately: rank 1's may arrive after the ranks agreed to stop
     assert len(stop) == 1 and stop[0]["signal"] == "SIGUSR1" and stop[0]["ranks"] in ([0], [0, 1]), stop
+    assert stop[0]["step"] > 10, stop  # past the pause (above)
     assert (tmp_path / job / f"ckpt-{stop[0]['step']:09d}.h5").exists()
-
-    def finished():  # a requeued job waits two minutes before it may start again: let it start now, as often
-        # as it is pending (the requeue, from inside the running job, may set that delay again after an update)
-        state = on("h1", ["scontrol", "-o", "show", "job", job], env=slurm).stdout
-        if "JobState=PENDING" in state:
-            on("h1", ["scontrol", "update", f"JobId={job}", "StartTime=now"], env=slurm)
-        return "JobState=COMPLETED" in state
-
-    wait_until("the requeued job's end", finished, 180)
+    run_requeued(slurm, job, 120, explain)
     text = out.read_text()
     assert "requeueing job" in text and "resuming from the newest checkpoint" in text, text
     assert summary(metrics(tmp_path / f"{job}.jsonl"))["param_hash"] == summary(reference)["param_hash"]
 
 
-def test_a_requeued_job_resumes_from_its_checkpoint(slurm, spirals_data, tmp_path):
-    args = [*TRAIN, "--epochs", "12", "--data", spirals_data, "--checkpoint-every", "20"]
-    ref = run_distnet(["train", *args, "--metrics", tmp_path / "ref.jsonl"], n=2, timeout=120)
-    assert ref.returncode == 0, ref.stderr
-    cmd, env = sbatch(slurm, tmp_path, args, "--parsable", "--requeue", "--open-mode=append")
-    r = on("h1", cmd, env=env)
-    assert r.returncode == 0, r.stderr
-    job = r.stdout.strip().split(";")[0]
-    wait_until("a first checkpoint", lambda: any((tmp_path / job).glob("ckpt-*.h5")), 60)
+def test_a_requeued_job_resumes_from_its_checkpoint(slurm, reference, spirals_data, tmp_path):
+    # rank 0 pauses before step 21 (DISTNET_FAULT=sleep, ended by the requeue's SIGTERM), so that the requeue
+    # lands in a running job past its first checkpoint (step 20), as after a node failure or preemption, however
+    # slowly it comes. The requeued job has the same DISTNET_FAULT: should it resume from step 20 (no checkpoint
+    # of the stop), it pauses at step 21 again, for 10 s at most
+    args = [*TRAIN, "--data", spirals_data, "--checkpoint-every", "20"]
+    cmd, env = sbatch(slurm, tmp_path, args, "--parsable", "--requeue", "--open-mode=append",
+                      env={"DISTNET_FAULT": "sleep@0:21", "DISTNET_FAULT_SLEEP_S": "10"})
+    job = submit(cmd, env)
+    out = tmp_path / f"{job}.out"
+    explain = slurm_explain(slurm, job, out)
+    wait_until("the job's first steps", lambda: train_lines(tmp_path / f"{job}.jsonl") >= 21, 60, explain)
+    assert (tmp_path / job / "ckpt-000000020.h5").exists()
     r = on("h1", ["scontrol", "requeue", job], env=slurm)  # as after a node failure or preemption
     assert r.returncode == 0, r.stderr
-    # a requeued job waits two minutes before it may start again: let it start now
-    wait_until("the job back in the queue", lambda: "JobState=PENDING" in on(
-        "h1", ["scontrol", "-o", "show", "job", job], env=slurm).stdout, 30)
-    r = on("h1", ["scontrol", "update", f"JobId={job}", "StartTime=now"], env=slurm)
-    assert r.returncode == 0, r.stderr
-    wait_until("the requeued job's end", lambda: "JobState=COMPLETED" in on(
-        "h1", ["scontrol", "-o", "show", "job", job], env=slurm).stdout, 120)
-    out = (tmp_path / f"{job}.out").read_text()
-    assert "CANCELLED" in out and "DUE TO JOB REQUEUE" in out, out  # the first run was stopped midway
-    assert "resuming from the newest checkpoint" in out, out
+    wait_until("the job back in the queue", lambda: "JobState=PENDING" in job_state(slurm, job), 30, explain, every=0.1)
+    run_requeued(slurm, job, 120, explain)
+    text = out.read_text()
+    assert "CANCELLED" in text and "DUE TO JOB REQUEUE" in text, text  # the first run was stopped midway
+    assert "resuming from the newest checkpoint" in text, text
     lines = metrics(tmp_path / f"{job}.jsonl")
-    assert summary(lines)["param_hash"] == summary(metrics(tmp_path / "ref.jsonl"))["param_hash"]
+    assert summary(lines)["param_hash"] == summary(reference)["param_hash"]
 
 
 def test_a_sweep_written_as_a_slurm_array_runs_each_point_with_srun(slurm, spirals_data, tmp_path):
@@ -716,10 +805,8 @@ def test_a_sweep_written_as_a_slurm_array_runs_each_point_with_srun(slurm, spira
                     timeout=60)
     assert r.returncode == 0, r.stderr
     env = {k: v for k, v in slurm.items() if k != "MPIR_CVAR_CH4_NETMOD"}  # the sweep picks it under pmi2
-    r = on("h1", ["sbatch", "--wait", "--parsable", "-N", "2", "--ntasks-per-node=1", out / "sweep.sbatch"],
-           env=env, timeout=240)
-    logs = "".join(p.read_text() for p in out.glob("slurm-*.out"))
-    assert r.returncode == 0, r.stdout + r.stderr + logs
+    job = submit(["sbatch", "--parsable", "-N", "2", "--ntasks-per-node=1", out / "sweep.sbatch"], env)
+    wait_job(slurm, job, 240, [out / f"slurm-{job}_{task}.out" for task in (0, 1)])
     for point in ("b00256-lr1-s0", "b01024-lr1-s0"):
         lines = metrics(out / point / "metrics.jsonl")
         start = lines[0]
@@ -731,11 +818,9 @@ def test_a_sweep_written_as_a_slurm_array_runs_each_point_with_srun(slurm, spira
 
 
 def test_sbatch_template_with_openmpi_uses_pmix(slurm, openmpi_path, reference, spirals_data, tmp_path):
-    cmd, env = sbatch(slurm, tmp_path, [*TRAIN, "--data", spirals_data], "--wait", "--parsable",
-                      env={"PYTHONPATH": openmpi_path})
-    r = on("h1", cmd, env=env, timeout=180)
-    assert r.returncode == 0, r.stdout + r.stderr + "".join(p.read_text() for p in tmp_path.glob("*.out"))
-    job = r.stdout.strip().split(";")[0]
+    cmd, env = sbatch(slurm, tmp_path, [*TRAIN, "--data", spirals_data], "--parsable", env={"PYTHONPATH": openmpi_path})
+    job = submit(cmd, env)
+    wait_job(slurm, job, 180, [tmp_path / f"{job}.out"])
     lines = metrics(tmp_path / f"{job}.jsonl")
     assert summary(lines)["ranks"] == 2 and summary(lines)["param_hash"] == summary(reference)["param_hash"]
 
@@ -752,20 +837,19 @@ def test_distnet_run_in_a_slurm_allocation_restarts_on_the_nodes_left(slurm, spi
         "--checkpoint-every", "10", "--set", "train.log_every=1", "--set", "train.max_steps=40", "--quiet"])) + "\n")
     script.chmod(0o755)
     env = dict(slurm, DISTNET_FAULT="crash@1:25")
-    job = start_on("h1", ["sbatch", "--wait", "--no-kill", "-N", "2", "--ntasks-per-node=1",
-                          f"--output={tmp_path}/job.out", script], env=env)
     log = tmp_path / "job.out"
+    job = submit(["sbatch", "--parsable", "--no-kill", "-N", "2", "--ntasks-per-node=1", f"--output={log}", script],
+                 env)
     try:
         wait_until("the first attempt's end", lambda: log.exists() and "distnet run: the job failed" in log.read_text(),
-                   60)
+                   60, slurm_explain(slurm, job, log))
         r = on("h1", ["scontrol", "update", "nodename=h2", "state=down", "reason=distnet-test"], env=slurm)
         assert r.returncode == 0, r.stderr
-        output, _ = job.communicate(timeout=120)
+        wait_job(slurm, job, 120, [log])
     finally:
-        job.kill()
+        on("h1", ["scancel", job], env=slurm)  # (a job that has ended is not touched)
         on("h1", ["scontrol", "update", "nodename=h2", "state=resume"], env=slurm)
     text = log.read_text()
-    assert job.returncode == 0, output + text
     assert "distnet run: host h2 does not answer (srun -N 1 -n 1 -w h2 --overlap true: exit " in text, text
     assert "restart 1 of 3 on 1 rank(s) on h1 (dropped h2) from " in text and "ckpt-000000020.h5 (step 20)" in text
     lines = metrics(out / "m.jsonl")
@@ -774,8 +858,8 @@ def test_distnet_run_in_a_slurm_allocation_restarts_on_the_nodes_left(slurm, spi
     assert [(m["hosts"], m["dropped"], m["ranks"]) for m in restart] == [(["h1"], ["h2"], 1)]
     assert summary(lines)["ranks"] == 1 and summary(lines)["steps"] == 40
     # h2 back for whatever runs next (resumed, it is usable once its slurmd answers again)
-    wait_until("h2 back in service", lambda: on("h1", ["sinfo", "-h", "-n", "h2", "-o", "%T"], env=slurm)
-               .stdout.strip() == "idle", 60)
+    wait_until("h2 back in service", lambda: ctl(slurm, "sinfo", "-h", "-n", "h2", "-o", "%T").stdout.strip() == "idle",
+               60, every=0.1)
 
 
 def test_two_clusters_share_the_machine_without_disturbing_each_other(hosts, slurm, reference, spirals_data,
