@@ -78,14 +78,6 @@ def test_committee_averages_probabilities_and_votes():
     assert tie.argmax() == 2  # one vote each; class 2 has the highest mean probability (0.4167)
 
 
-def train_spirals(tmp_path, name, seed, data, epochs=3):
-    out = tmp_path / name
-    r = run_distnet(["train", "spirals-mlp", "--data", data, "--epochs", epochs, "--seed", seed, "--quiet",
-                     "--checkpoint-dir", out], timeout=120)
-    assert r.returncode == 0, r.stderr
-    return out
-
-
 def direct_committee(paths, data):
     """The committee's mean probabilities on the whole test split, computed in this process."""
     from distnet import build
@@ -106,8 +98,10 @@ def direct_committee(paths, data):
     return np.mean(probs, axis=0), y
 
 
-def test_committee_on_one_and_two_ranks_matches_a_direct_computation(tmp_path, spirals_data):
-    members = [train_spirals(tmp_path, f"m{s}", s, spirals_data) for s in (1, 2)]
+def test_committee_on_one_and_two_ranks_matches_a_direct_computation(committee, spirals_data):
+    trained, out = committee  # the script's members: seeds 1 and 2, each trained on 2 ranks
+    assert trained.returncode == 0, trained.stderr
+    members = [out / "seed-1", out / "seed-2"]
     args = ["eval", "--ensemble", *members, "--data", spirals_data, "--reject", "0.15", "--json",
             "--batch-size", "128"]
     one, two = run_distnet(args, timeout=60), run_distnet(args, n=2, timeout=60)
@@ -167,7 +161,8 @@ def test_figures_of_an_image_classifier(tmp_path, shapes_data):
         assert img[..., :3].std() > 0.05, f"{name} looks blank"
 
 
-def test_committee_script_trains_k_seeds_and_evaluates_them(tmp_path, spirals_data):
+def committee_script(out, data):
+    """``launch/committee.sh``: 2 members (seeds 1, 2) of spirals-mlp on 2 ranks, 2 epochs each, into OUT."""
     import os
     import subprocess
     import sys
@@ -175,16 +170,28 @@ def test_committee_script_trains_k_seeds_and_evaluates_them(tmp_path, spirals_da
     from ..helpers import ROOT
 
     env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS="1")
-    cmd = [str(ROOT / "launch" / "committee.sh"), "2", "spirals-mlp", "2", str(tmp_path / "c"), "--data",
-           str(spirals_data), "--epochs", "2", "--quiet"]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    cmd = [str(ROOT / "launch" / "committee.sh"), "2", "spirals-mlp", "2", str(out), "--data", str(data),
+           "--epochs", "2", "--quiet"]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+
+
+@pytest.fixture(scope="module")
+def committee(tmp_path_factory, spirals_data):
+    """The committee script run once: (its CompletedProcess, its folder). Its members are also the committee
+    that the eval tests compare with a direct computation (they only read the checkpoints)."""
+    out = tmp_path_factory.mktemp("committee") / "c"
+    return committee_script(out, spirals_data), out
+
+
+def test_committee_script_trains_k_seeds_and_evaluates_them(committee, spirals_data):
+    r, out = committee
     assert r.returncode == 0, r.stderr
-    report = json.loads((tmp_path / "c" / "committee.json").read_text())
+    report = json.loads((out / "committee.json").read_text())
     assert [p.split("/")[-2] for p in report["checkpoints"]] == ["seed-1", "seed-2"]
     assert len(report["members"]) == 2 and "committee of 2 (mean probability)" in r.stdout
     from distnet import checkpoint as ckpt
 
     assert [ckpt.read_meta(p)["seed"] for p in report["checkpoints"]] == [1, 2]
-    assert all((tmp_path / "c" / f"seed-{i}" / "metrics.jsonl").stat().st_size for i in (1, 2))
-    again = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)  # members kept
+    assert all((out / f"seed-{i}" / "metrics.jsonl").stat().st_size for i in (1, 2))
+    again = committee_script(out, spirals_data)  # members kept
     assert again.returncode == 0 and again.stderr.count("already trained") == 2, again.stderr

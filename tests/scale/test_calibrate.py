@@ -60,10 +60,18 @@ def check_schema(c, ranks):
     assert isinstance(c["notes"], list) and all(isinstance(x, str) for x in c["notes"])
 
 
-def test_one_rank_writes_a_well_formed_file(spirals_data, tmp_path):
-    out = tmp_path / "cal.json"
-    r = run_distnet(["calibrate", "spirals-mlp", "--data", spirals_data, "--out", out, "--batches", "8,256,1000",
-                     *FAST], timeout=60)
+@pytest.fixture(scope="module")
+def one_rank(spirals_data, tmp_path_factory):
+    """One process's calibration of batches 8, 256, 1000 and 4096, the last more than the 4,000 training
+    samples hold: (the CompletedProcess, the file written); two tests check it."""
+    out = tmp_path_factory.mktemp("one-rank") / "cal.json"
+    r = run_distnet(["calibrate", "spirals-mlp", "--data", spirals_data, "--out", out, "--batches",
+                     "8,256,1000,4096", *FAST], timeout=60)
+    return r, out
+
+
+def test_one_rank_writes_a_well_formed_file(one_rank):
+    r, out = one_rank
     assert r.returncode == 0, r.stderr
     c = json.loads(out.read_text())
     check_schema(c, ranks=1)
@@ -77,7 +85,7 @@ def test_one_rank_writes_a_well_formed_file(spirals_data, tmp_path):
     assert c["machine"]["launcher"] == "one process"
     assert any("one rank: compute only" in note for note in c["notes"])
     assert "one rank: compute only" in r.stdout and str(out) in r.stdout
-    assert [p.name for p in tmp_path.iterdir()] == ["cal.json"]  # no temporary left beside it
+    assert [p.name for p in out.parent.iterdir()] == ["cal.json"]  # no temporary left beside it
 
 
 @pytest.mark.mpi
@@ -195,13 +203,11 @@ def test_bad_inputs_on_two_ranks_stop_both_with_one_line(spirals_data, tmp_path,
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_batch_the_data_cannot_hold_is_left_out_with_a_note(spirals_data, tmp_path):
-    out = tmp_path / "cal.json"
-    r = run_distnet(["calibrate", "spirals-mlp", "--data", spirals_data, "--out", out, "--batches", "8,4096", *FAST],
-                    timeout=60)
+def test_a_batch_the_data_cannot_hold_is_left_out_with_a_note(one_rank):
+    r, out = one_rank
     assert r.returncode == 0, r.stderr
     c = json.loads(out.read_text())
-    assert c["compute"]["batches"] == [8]
+    assert c["compute"]["batches"] == [8, 256, 1000]  # 4096 left out, the others measured
     assert any("4096" in note for note in c["notes"])
 
 
@@ -228,25 +234,53 @@ def test_a_failed_write_is_a_user_error_and_leaves_nothing(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["cal.json"]
 
 
-@pytest.mark.mpi
-def test_plan_predicts_a_two_rank_run_from_a_calibration_made_here(fashion_data, tmp_path):
-    """Calibrate fashion-mlp on 2 ranks, predict global batch 256 on 1 node x 2 ranks, measure it with
-    bench train. Six repeats on a quiet 2-core VM: predicted / measured 0.93-1.06; with other jobs on the
-    machine it reached 1.32. The bound, a factor 1.5 either way, takes that noise; a wrong model (the compute
-    of the global batch instead of the per-rank one, the gradient's bytes counted once per rank, no
-    optimizer) misses by 2x or more."""
-    cal = tmp_path / "cal.json"
-    sync = ["--set", 'comm.sync="bucketed"']
-    r = run_distnet(["calibrate", "fashion-mlp", "--data", fashion_data, "--out", cal, "--batches", "32,128,512",
-                     "--budget", "0.5", *sync], n=2, timeout=180)
+SYNC = ["--set", 'comm.sync="bucketed"']
+
+
+def predicted(data, cal):
+    """Calibrate fashion-mlp on 2 ranks into CAL and predict global batch 256 on 1 node x 2 ranks from it:
+    samples/s."""
+    r = run_distnet(["calibrate", "fashion-mlp", "--data", data, "--out", cal, "--batches", "32,128,512",
+                     "--budget", "0.5", *SYNC], n=2, timeout=180)
     assert r.returncode == 0, r.stderr
     r = run_distnet(["plan", "fashion-mlp", "--calibration", cal, "--nodes", "1", "--ranks-per-node", "2",
                      "--batch-sizes", "256", "--sync", "bucketed", "--json"], timeout=60)
     assert r.returncode == 0, r.stderr
     row = json.loads(r.stdout)["rows"][0]
     assert (row["nodes"], row["ranks"], row["per_rank"]) == (1, 2, 128)
-    r = run_distnet(["bench", "train", "fashion-mlp", "--data", fashion_data, "--batch-size", 256, "--steps", 60,
-                     "--no-baseline", "--json", *sync], n=2, timeout=180)
+    return row["samples_per_s"]
+
+
+def measured(data):
+    """Global batch 256 on 2 ranks, measured with bench train: samples/s."""
+    r = run_distnet(["bench", "train", "fashion-mlp", "--data", data, "--batch-size", 256, "--steps", 60,
+                     "--no-baseline", "--json", *SYNC], n=2, timeout=180)
     assert r.returncode == 0, r.stderr
-    measured = json.loads(r.stdout.strip().splitlines()[-1])["samples_per_s"]
-    assert 1 / 1.5 < row["samples_per_s"] / measured < 1.5, (row, measured)
+    return json.loads(r.stdout.strip().splitlines()[-1])["samples_per_s"]
+
+
+@pytest.mark.mpi
+def test_plan_predicts_a_two_rank_run_from_a_calibration_made_here(fashion_data, tmp_path):
+    """Calibrate fashion-mlp on 2 ranks, predict global batch 256 on 1 node x 2 ranks, measure it with
+    bench train. Six repeats on a quiet 2-core VM: predicted / measured 0.93-1.06; with other jobs on the
+    machine it reached 1.32. The bound, a factor 1.5 either way, takes that noise; a wrong model (the compute
+    of the global batch instead of the per-rank one, the gradient's bytes counted once per rank, no
+    optimizer) misses by 2x or more.
+
+    Load that comes and goes (other jobs on the same 2 cores) slows the calibration or the measurement, not
+    both alike: the exposed comm wait of a 2-rank step goes from 0.1 to 1.5-10 ms while a rank is descheduled;
+    1.8-2.9 was seen at a load average of 3-7, three times in a row. Load only ever slows a run, so the
+    fastest of several runs of each is the quiet machine's figure, and only the side that came out slow is
+    measured again: a bench run when the ratio is too high, a calibration when it is too low, at most 5 more
+    runs (none on a quiet machine). A wrong model misses every time on a quiet machine: the fastest runs are
+    the quiet ones, and no run is faster than that."""
+    predictions, measures = [predicted(fashion_data, tmp_path / "cal-0.json")], [measured(fashion_data)]
+    for again in range(1, 6):
+        ratio = max(predictions) / max(measures)
+        if 1 / 1.5 < ratio < 1.5:
+            break
+        if ratio >= 1.5:
+            measures.append(measured(fashion_data))
+        else:
+            predictions.append(predicted(fashion_data, tmp_path / f"cal-{again}.json"))
+    assert 1 / 1.5 < max(predictions) / max(measures) < 1.5, (predictions, measures)
