@@ -155,3 +155,31 @@ def test_a_sweep_point_run_by_itself_stops_on_sigusr1_and_can_resume(tmp_path, s
     while [p for p in os.listdir("/proc") if p.isdigit() and in_sweep(p)]:
         assert time.monotonic() < end, "processes of the stopped point are still running"
         time.sleep(0.1)
+
+
+@pytest.mark.parametrize("where", ["prepare", "import"])
+def test_a_signal_right_after_the_temporary_folder_is_made_leaves_no_folder(tmp_path, monkeypatch, where):
+    # the signal lands inside mkdtemp, just after the folder exists: before the writer holds its name
+    import tempfile
+
+    import numpy as np
+
+    from distnet.data import writer
+    from distnet.data.imports import write_arrays
+    from distnet.signals import Interrupted, stoppable
+
+    made = tempfile.mkdtemp
+
+    def mkdtemp_then_signal(*args, **kwargs):
+        folder = made(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return folder
+
+    monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp_then_signal)
+    x, y = np.zeros((20, 2), np.float32), np.arange(20) % 2
+    with pytest.raises(Interrupted), stoppable():
+        if where == "prepare":
+            writer.write_dataset(tmp_path / "d", "mine", ["a", "b"], {"train": (x, y), "test": (x, y)}, {})
+        else:
+            write_arrays(tmp_path / "d", x, y, x, y, class_names=["a", "b"])
+    assert list(tmp_path.iterdir()) == []

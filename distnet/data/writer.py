@@ -119,20 +119,24 @@ def write_dataset(out, name, class_names, splits, source_sha256, shards=1, compr
     check_target(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
     common = common_attrs(name, class_names, splits["train"][0], source_sha256, extra or {}, stats)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = None
     try:
+        with deferred():  # a stop signal comes once ``tmp`` names the folder, so the cleanup below removes it
+            tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
         tmp.chmod(0o755)
         for split, (x, y) in splits.items():
             write_split(tmp, split, x, y, common, shards, compress)
         with deferred():  # a stop signal waits until OUT is the old dataset or the new one, never neither
             replace_dir(tmp, out)
     except OSError as e:  # a full or failing disk: the user's to fix, and nothing was changed
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         reason = os.strerror(e.errno) if e.errno else str(e)
         raise DataError(f"cannot write the dataset beside {out} ({reason}): {out} is unchanged; free space "
                         "there or choose another --out") from None
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
 

@@ -23,6 +23,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from ...errors import DataError
+from ...signals import deferred
 from ..layout import file_sha256, listing, pixel_scale
 from ..writer import check_target, write_dataset
 from .arrays import open_hdf5, open_npy, open_npz
@@ -93,13 +94,15 @@ class Job:
             missing.append(p)
             p = p.parent
         for p in reversed(missing):
-            p.mkdir()
-            self.made.append(p)
+            with deferred():  # a stop signal comes once the folder is recorded for removal
+                p.mkdir()
+                self.made.append(p)
 
     def scratch(self):
         if self.dir is None:
             self.parents()
-            self.dir = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.import-", dir=self.out.parent))
+            with deferred():  # a stop signal comes once self.dir names the folder, for close() to remove it
+                self.dir = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.import-", dir=self.out.parent))
         return self.dir
 
     def close(self, failed):
@@ -408,9 +411,15 @@ def write_arrays(out, x_train, y_train, x_test=None, y_test=None, class_names=No
     out = Path(out)
     check_target(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{out.name}.arrays-", dir=out.parent) as scratch:
-        src = Path(scratch) / "arrays.npz"
+    scratch = None
+    try:
+        with deferred():  # a stop signal comes once ``scratch`` names the folder, for the cleanup below
+            scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.arrays-", dir=out.parent))
+        src = scratch / "arrays.npz"
         np.savez(src, **arrays)
         classes = None if class_names is None else ",".join(map(str, class_names))
         return import_data(src, out, classes=classes, test_fraction=test_fraction, seed=seed,
                            name=name or out.name, force=force)
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
