@@ -279,14 +279,12 @@ def hosts(w):
 
 def check_launch(size):
     """A world of one while the launcher says it started several processes is a user error."""
-    if size != 1:
-        return
-    for var in _LAUNCHER_SIZE_VARS:
-        n = os.environ.get(var, "")
-        if n.isdigit() and int(n) > 1:
-            raise UserError(f"the launcher started {n} processes ({var}={n}) but MPI sees a world of one, so "
-                            "each would train alone: under Slurm use 'srun --mpi=pmi2' (the MPICH wheel) or "
-                            "'--mpi=pmix' (OpenMPI), or start with the cluster's own mpirun/mpiexec")
+    started = launched() if size == 1 else None
+    if started:
+        var, n, _ = started
+        raise UserError(f"the launcher started {n} processes ({var}={n}) but MPI sees a world of one, so "
+                        "each would train alone: under Slurm use 'srun --mpi=pmi2' (the MPICH wheel) or "
+                        "'--mpi=pmix' (OpenMPI), or start with the cluster's own mpirun/mpiexec")
 
 
 _LAUNCHER_RANK_VARS = ("SLURM_PROCID", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")
