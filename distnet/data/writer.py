@@ -4,6 +4,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import h5py
@@ -111,6 +112,21 @@ def check_target(out, force):
                         "--out")
 
 
+@contextmanager
+def scratch_folder(prefix, parent):
+    """A new folder PREFIX* in PARENT for the block, removed after it (if still there), also when a stop signal
+    lands as it is made: the signal waits until the name is held (``tempfile.TemporaryDirectory`` would lose
+    a folder made just before the signal)."""
+    path = None
+    try:
+        with deferred():
+            path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+        yield path
+    finally:
+        if path is not None:
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def write_dataset(out, name, class_names, splits, source_sha256, shards=1, compress=False, force=False,
                   extra=None, stats=None):
     """Write SPLITS {'train': (x, y), 'test': (x, y)} as a prepared dataset at OUT, atomically. STATS: the
@@ -119,25 +135,17 @@ def write_dataset(out, name, class_names, splits, source_sha256, shards=1, compr
     check_target(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
     common = common_attrs(name, class_names, splits["train"][0], source_sha256, extra or {}, stats)
-    tmp = None
     try:
-        with deferred():  # a stop signal comes once ``tmp`` names the folder, so the cleanup below removes it
-            tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-        tmp.chmod(0o755)
-        for split, (x, y) in splits.items():
-            write_split(tmp, split, x, y, common, shards, compress)
-        with deferred():  # a stop signal waits until OUT is the old dataset or the new one, never neither
-            replace_dir(tmp, out)
+        with scratch_folder(f".{out.name}.tmp-", out.parent) as tmp:  # gone after the rename, or on failure
+            tmp.chmod(0o755)
+            for split, (x, y) in splits.items():
+                write_split(tmp, split, x, y, common, shards, compress)
+            with deferred():  # a stop signal waits until OUT is the old dataset or the new one, never neither
+                replace_dir(tmp, out)
     except OSError as e:  # a full or failing disk: the user's to fix, and nothing was changed
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
         reason = os.strerror(e.errno) if e.errno else str(e)
         raise DataError(f"cannot write the dataset beside {out} ({reason}): {out} is unchanged; free space "
                         "there or choose another --out") from None
-    except BaseException:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

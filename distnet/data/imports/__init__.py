@@ -25,7 +25,7 @@ import numpy as np
 from ...errors import DataError
 from ...signals import deferred
 from ..layout import file_sha256, listing, pixel_scale
-from ..writer import check_target, write_dataset
+from ..writer import check_target, scratch_folder, write_dataset
 from .arrays import open_hdf5, open_npy, open_npz
 from .csvfile import Csv
 from .rows import Converted, Subset, rows_of
@@ -411,15 +411,9 @@ def write_arrays(out, x_train, y_train, x_test=None, y_test=None, class_names=No
     out = Path(out)
     check_target(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
-    scratch = None
-    try:
-        with deferred():  # a stop signal comes once ``scratch`` names the folder, for the cleanup below
-            scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.arrays-", dir=out.parent))
+    with scratch_folder(f".{out.name}.arrays-", out.parent) as scratch:
         src = scratch / "arrays.npz"
         np.savez(src, **arrays)
         classes = None if class_names is None else ",".join(map(str, class_names))
         return import_data(src, out, classes=classes, test_fraction=test_fraction, seed=seed,
                            name=name or out.name, force=force)
-    finally:
-        if scratch is not None:
-            shutil.rmtree(scratch, ignore_errors=True)
